@@ -1,0 +1,37 @@
+"""Test set-up: oneDNN on and two logical CPUs, before TensorFlow is imported."""
+
+import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices let MirroredStrategy tests run on one CPU; this must happen
+# before any op initializes the runtime.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cifar_bin_dir():
+    path = SHARED_DATA / "cifar-10-batches-bin"
+    if not path.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see DEVELOPERS.md")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_py_dir():
+    path = SHARED_DATA / "cifar-10-batches-py"
+    if not path.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see DEVELOPERS.md")
+    return path

@@ -1,0 +1,1 @@
+"""Command-line entry points (absl). Flags are parsed here and nowhere else."""
