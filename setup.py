@@ -1,0 +1,31 @@
+"""tfp_advbnn: Adv-BNN (Liu et al., ICLR 2019) in TensorFlow Probability."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfp_advbnn",
+    version="0.1.0",
+    description="Adversarially trained Bayesian neural networks (Adv-BNN) with TFP.",
+    packages=find_packages(include=["tfp_advbnn", "tfp_advbnn.*", "trainers", "trainers.*"]),
+    python_requires=">=3.10",
+    # The stack that works together (DEVELOPERS.md): TFP layers are Keras-2 (tf_keras) layers.
+    install_requires=[
+        "tensorflow==2.21.*",
+        "tensorflow-probability==0.25.*",
+        "tf-keras==2.21.*",
+        "tensorflow-datasets>=4.9,<5",
+        "keras-tuner==1.4.8",
+        "tensorboard>=2.20",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "cleverhans==4.0.0",
+        ],
+    },
+)

@@ -1,0 +1,236 @@
+"""The training engine: loss of eq. 13, schedule, checkpoints, resume, outputs."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO_ROOT
+
+from tfp_advbnn import data, layers, models, training
+
+
+@pytest.fixture(scope="module")
+def small_data(cifar_bin_dir):
+    return data.load_data(
+        "cifar10", data_dir=str(cifar_bin_dir), max_train_examples=64, max_test_examples=32
+    )
+
+
+def _config(model_dir, **overrides):
+    values = dict(
+        model_dir=str(model_dir),
+        dataset="cifar10",
+        model="vgg11",
+        defense="adv_bnn",
+        width_multiplier=0.0625,
+        epochs=2,
+        batch_size=16,
+        train_pgd_steps=2,
+        eval_num_samples=2,
+        export_num_samples=2,
+        alpha=0.5,
+        seed=1,
+    )
+    values.update(overrides)
+    return training.TrainConfig(**values)
+
+
+@pytest.mark.parametrize(
+    "dataset, epochs, expected_epochs",
+    [
+        ("cifar10", 200, [80, 140, 180]),
+        ("cifar10", 10, [4, 7, 9]),
+        ("stl10", 120, [60, 100]),
+        ("folder", 80, [30, 50, 70]),
+    ],
+)
+def test_schedule_scales_the_reference_stages(dataset, epochs, expected_epochs):
+    config = _config(
+        "unused",
+        dataset=dataset,
+        epochs=epochs,
+        learning_rate=0.01,
+        image_size=8 if dataset == "folder" else None,
+    )
+    schedule = training.learning_rate_schedule(config, steps_per_epoch=5)
+    assert schedule.boundaries == [e * 5 for e in expected_epochs]
+    for stage, boundary in enumerate([0] + [e * 5 for e in expected_epochs]):
+        np.testing.assert_allclose(float(schedule(boundary + 1)), 0.01 / 10**stage, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("defense", "madry"),
+        ("model", "resnet50"),
+        ("train_eps", 8.0),
+        ("batch_size", 0),
+        ("alpha", -1.0),
+        ("sigma_0", 0.0),
+        ("learning_rate", float("nan")),
+        ("train_pgd_steps", 0),
+        ("optimizer", "rmsprop"),
+        ("eval_num_samples", 0),
+    ],
+)
+def test_bad_config_names_the_field(field, value):
+    config = _config("unused", **{field: value})
+    with pytest.raises(ValueError, match=field):
+        config.validate()
+
+
+def test_train_step_loss_is_cross_entropy_plus_scaled_kl(tmp_path, small_data):
+    """Eq. 13 checked against an independent computation on a model with ~zero variance."""
+    config = _config(
+        tmp_path,
+        defense="bnn",
+        alpha=0.7,
+        optimizer="sgd",
+        learning_rate=1e-9,
+        weight_decay=0.0,
+        momentum=0.0,
+    )
+    trainer = training.Trainer(config, image_data=small_data)
+    for variable in layers.bayesian_variables(trainer.model):
+        if "_s" in variable.name.split("/")[-1] or "log_scale" in variable.name:
+            variable.assign(tf.fill(variable.shape, -30.0))
+    images, labels = next(iter(small_data.train_dataset(batch_size=16, epoch=0, seed=1)))
+    logits = trainer.model(images, training=True)
+    cross_entropy = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+    kl = float(layers.model_kl(trainer.model))
+    expected = float(cross_entropy) + 0.7 / small_data.spec.num_train * kl
+    trainer._train_step(trainer._train_iterator(0, 0))
+    np.testing.assert_allclose(float(trainer.train_loss.result()), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(trainer.train_kl.result()), kl, rtol=1e-4)
+
+
+def test_every_trainable_variable_gets_updated(tmp_path, small_data):
+    trainer = training.Trainer(_config(tmp_path, defense="adv_bnn"), image_data=small_data)
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    trainer._train_step(trainer._train_iterator(0, 0))
+    after = [v.numpy() for v in trainer.model.trainable_variables]
+    unchanged = [
+        v.name
+        for v, b, a in zip(trainer.model.trainable_variables, before, after, strict=True)
+        if np.array_equal(b, a)
+    ]
+    assert unchanged == []
+
+
+def test_run_writes_everything_and_resumes(tmp_path, small_data):
+    config = _config(tmp_path / "run", epochs=1, eval_robust_examples=16)
+    training.Trainer(config, image_data=small_data).fit(verbose=False)
+    model_dir = tmp_path / "run"
+    for name in (
+        "config.json",
+        "model_spec.json",
+        "metrics.jsonl",
+        "checkpoints",
+        "tensorboard",
+        "saved_model",
+    ):
+        assert (model_dir / name).exists(), name
+    first = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in first] == [1]
+    for key in ("train_loss", "train_accuracy", "kl", "test_accuracy", "test_robust_accuracy"):
+        assert np.isfinite(first[0][key]), key
+    assert json.loads((model_dir / "config.json").read_text())["defense"] == "adv_bnn"
+
+    resumed = training.Trainer(dataclasses.replace(config, epochs=2), image_data=small_data)
+    resumed.fit(verbose=False)
+    lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert int(resumed.optimizer.iterations.numpy()) == 2 * resumed.steps_per_epoch
+
+    loaded = tf.saved_model.load(str(model_dir / "saved_model"))
+    images, _ = next(iter(small_data.test_dataset(batch_size=4)))
+    probabilities = loaded.signatures["serving_default"](images=images)["probabilities"]
+    np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_signal_mid_epoch_saves_and_resume_loses_no_step(tmp_path, small_data):
+    config = _config(tmp_path, defense="plain", epochs=2)
+    trainer = training.Trainer(config, image_data=small_data)
+    real_step = trainer._train_step
+    calls = []
+
+    def step_then_signal(iterator):
+        real_step(iterator)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer._train_step = step_then_signal
+    with pytest.raises(KeyboardInterrupt, match="Rerun"):
+        trainer.fit(verbose=False)
+    saved_step = int(
+        tf.train.load_variable(
+            trainer.checkpoint_manager.latest_checkpoint,
+            "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
+        )
+    )
+    assert saved_step == 3
+
+    resumed = training.Trainer(config, image_data=small_data)
+    resumed.fit(verbose=False)
+    assert int(resumed.optimizer.iterations.numpy()) == 2 * resumed.steps_per_epoch
+    epochs = [
+        json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert epochs == [1, 2]
+
+
+def test_model_dir_with_another_run_is_refused(tmp_path, small_data):
+    training.Trainer(_config(tmp_path, defense="plain", epochs=1), image_data=small_data).fit(
+        verbose=False
+    )
+    config_before = (tmp_path / "config.json").read_text()
+    checkpoints_before = sorted(os.listdir(tmp_path / "checkpoints"))
+    other = training.Trainer(_config(tmp_path, defense="rse", epochs=1), image_data=small_data)
+    with pytest.raises(ValueError, match="defense"):
+        other.fit(verbose=False)
+    assert (tmp_path / "config.json").read_text() == config_before
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints_before
+
+
+def test_restore_model_matches_the_trained_weights(tmp_path, small_data):
+    trainer = training.Trainer(_config(tmp_path, defense="plain", epochs=1), image_data=small_data)
+    trainer.fit(verbose=False)
+    model, config, spec = training.restore_model(str(tmp_path))
+    assert config.defense == "plain" and spec["num_classes"] == 10
+    images, _ = next(iter(small_data.test_dataset(batch_size=4)))
+    np.testing.assert_allclose(
+        model(images, training=False).numpy(),
+        trainer.model(images, training=False).numpy(),
+        atol=1e-5,
+    )
+
+
+def test_cli_rejects_a_bad_flag_with_its_name(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.main", "--train_eps=8", f"--model_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "train_eps" in result.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_every_defense_builds_a_trainer(tmp_path, small_data):
+    for defense in models.DEFENSES:
+        trainer = training.Trainer(
+            _config(tmp_path / defense, defense=defense), image_data=small_data
+        )
+        trainer._train_step(trainer._train_iterator(0, 0))
+        assert np.isfinite(float(trainer.train_loss.result())), defense

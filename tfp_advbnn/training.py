@@ -1,0 +1,701 @@
+"""The training engine: one tf.function train step for all five defenses.
+
+Per batch (paper eq. 13):
+
+    x_adv = PGD(x)            for adv and adv_bnn (fresh weight draw at every PGD step)
+    x_adv = x                 for plain, bnn and rse
+    loss  = CE(f(x_adv; w), y) + alpha / N_train * KL(q || p),   w ~ q drawn in the forward pass
+
+Under a ``tf.distribute`` strategy the cross-entropy is averaged over the global batch with
+``tf.nn.compute_average_loss`` and the KL term goes through ``tf.nn.scale_regularization_loss``,
+so after the gradients are summed across replicas the KL is counted once. Each replica draws its
+own weights, so a step with R replicas averages R Monte Carlo weight samples.
+
+A run leaves in ``model_dir``: ``config.json``, ``metrics.jsonl`` (one object per epoch),
+``checkpoints/`` (``tf.train.CheckpointManager``), ``tensorboard/`` and ``saved_model/``.
+Rerunning with the same ``model_dir`` resumes from the latest checkpoint, including mid-epoch:
+the data order is a deterministic function of (seed, epoch), so the resumed run skips the
+batches that were already trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfp_advbnn import attacks, data, export, layers, models
+
+CONFIG_FILENAME = "config.json"
+MODEL_SPEC_FILENAME = "model_spec.json"
+METRICS_FILENAME = "metrics.jsonl"
+CHECKPOINT_DIRNAME = "checkpoints"
+TENSORBOARD_DIRNAME = "tensorboard"
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# The paper's Table 2, plus the schedule length of the reference code. ``folder`` stands for
+# ImageNet-143 and other image folders.
+DATASET_DEFAULTS = {
+    "cifar10": {"train_eps": 8.0 / 255.0, "sigma_0": 0.05, "epochs": 200, "image_size": None},
+    "stl10": {"train_eps": 8.0 / 255.0, "sigma_0": 0.15, "epochs": 120, "image_size": None},
+    "folder": {"train_eps": 0.01, "sigma_0": 0.15, "epochs": 80, "image_size": 64},
+}
+
+# The reference schedule: epochs per stage, learning rate divided by 10 at each stage.
+STAGE_EPOCHS = {
+    "cifar10": (80, 60, 40, 20),
+    "stl10": (60, 40, 20),
+    "folder": (30, 20, 20, 10),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Built from flags in ``trainers/main.py``.
+
+    Units: ``train_eps`` and ``pgd_step_size`` are L-inf radii in [0, 1] pixel scale.
+    """
+
+    model_dir: str
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    image_size: int | None = None
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+    validation_examples: int = 0
+    model: str = "vgg16"
+    defense: str = "adv_bnn"
+    width_multiplier: float = 1.0
+    posterior: str = "reparameterization"
+    alpha: float = 1.0
+    sigma_0: float = 0.05
+    init_s: float = 0.05
+    noise_init: float = 0.2
+    noise_inner: float = 0.1
+    train_eps: float = 8.0 / 255.0
+    train_pgd_steps: int = 10
+    pgd_step_size: float | None = None
+    random_start: bool = False
+    epochs: int = 200
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_num_samples: int = 10
+    eval_robust_examples: int = 0
+    eval_pgd_steps: int = 20
+    export_num_samples: int = 10
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    seed: int = 0
+    strategy: str = "default"
+    precision: str = "float32"
+    jit_compile: bool = False
+
+    @property
+    def step_size(self) -> float:
+        """PGD step size: the given one, else 2.5 * eps / steps (Madry et al.)."""
+        if self.pgd_step_size is not None:
+            return self.pgd_step_size
+        return 2.5 * self.train_eps / max(self.train_pgd_steps, 1)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first invalid field and its accepted range."""
+        _check_choice("dataset", self.dataset, data.DATASETS)
+        _check_choice("model", self.model, models.ARCHITECTURES)
+        _check_choice("defense", self.defense, models.DEFENSES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("posterior", self.posterior, ("reparameterization", "flipout"))
+        positive = {
+            "width_multiplier": self.width_multiplier,
+            "sigma_0": self.sigma_0,
+            "init_s": self.init_s,
+            "learning_rate": self.learning_rate,
+        }
+        for name, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        non_negative = {
+            "alpha": self.alpha,
+            "noise_init": self.noise_init,
+            "noise_inner": self.noise_inner,
+            "weight_decay": self.weight_decay,
+        }
+        for name, value in non_negative.items():
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.train_eps <= 1:
+            raise ValueError(f"train_eps must be in [0, 1] (pixel scale), got {self.train_eps}")
+        if self.pgd_step_size is not None and not 0 < self.pgd_step_size <= 1:
+            raise ValueError(f"pgd_step_size must be in (0, 1], got {self.pgd_step_size}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        at_least = {
+            "epochs": (self.epochs, 1),
+            "batch_size": (self.batch_size, 1),
+            "train_pgd_steps": (self.train_pgd_steps, 1),
+            "eval_num_samples": (self.eval_num_samples, 1),
+            "eval_pgd_steps": (self.eval_pgd_steps, 1),
+            "export_num_samples": (self.export_num_samples, 1),
+            "keep_checkpoints": (self.keep_checkpoints, 1),
+            "eval_robust_examples": (self.eval_robust_examples, 0),
+            "checkpoint_every_steps": (self.checkpoint_every_steps, 0),
+            "validation_examples": (self.validation_examples, 0),
+            "seed": (self.seed, 0),
+        }
+        for name, (value, low) in at_least.items():
+            if int(value) != value or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+        for name in ("max_train_examples", "max_test_examples", "image_size"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 when given, got {value}")
+        if self.dataset == "folder" and self.image_size is None:
+            raise ValueError("image_size is required for dataset 'folder'")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        values = json.loads(text)
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config.json has unknown fields {unknown}")
+        return cls(**values)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+class StagedLearningRate(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """``initial`` divided by 10 at each boundary (in optimizer steps).
+
+    Always a schedule, even with no boundaries, so the optimizer's checkpointed state has the
+    same structure whatever ``--epochs`` is and a run can be resumed with more epochs.
+    """
+
+    def __init__(self, initial: float, boundaries: list[int]):
+        self.initial = float(initial)
+        self.boundaries = [int(b) for b in boundaries]
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.int64)
+        stage = tf.zeros([], tf.int64)
+        for boundary in self.boundaries:
+            stage += tf.cast(step >= boundary, tf.int64)
+        return self.initial * tf.pow(0.1, tf.cast(stage, tf.float32))
+
+    def get_config(self):
+        return {"initial": self.initial, "boundaries": self.boundaries}
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> StagedLearningRate:
+    """The reference staged schedule scaled to ``config.epochs``: rate / 10 at each stage."""
+    stages = np.asarray(STAGE_EPOCHS[config.dataset], dtype=np.float64)
+    cumulative = np.cumsum(stages)[:-1] / stages.sum()
+    boundaries = sorted({int(round(f * config.epochs)) * steps_per_epoch for f in cumulative})
+    boundaries = [b for b in boundaries if 0 < b < config.epochs * steps_per_epoch]
+    return StagedLearningRate(config.learning_rate, boundaries)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, model):
+    """Adam (as the reference) or SGD with momentum and decoupled weight decay.
+
+    Weight decay is applied to the weights of ordinary layers only: for Bayesian layers the
+    KL term is the regularizer, and decaying a log standard deviation ``s`` towards 0 would
+    push the posterior std towards 1.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        optimizer = tf_keras.optimizers.Adam(learning_rate=schedule)
+    else:
+        optimizer = tf_keras.optimizers.SGD(
+            learning_rate=schedule,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay or None,
+        )
+        if config.weight_decay:
+            optimizer.exclude_from_weight_decay(var_list=layers.bayesian_variables(model))
+    if config.precision == "mixed_float16":
+        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def build_strategy(name: str) -> tf.distribute.Strategy:
+    """The distribution strategy named by ``--strategy``."""
+    _check_choice("strategy", name, STRATEGIES)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")]
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def build_model_for(config: TrainConfig, num_classes: int, image_shape):
+    """The model of ``config`` for ``num_classes`` classes and (H, W, 3) images."""
+    return models.build_model(
+        config.model,
+        config.defense,
+        num_classes=num_classes,
+        input_shape=tuple(image_shape),
+        width_multiplier=config.width_multiplier,
+        sigma_0=config.sigma_0,
+        init_s=config.init_s,
+        noise_init=config.noise_init,
+        noise_inner=config.noise_inner,
+        posterior=config.posterior,
+        seed=config.seed,
+    )
+
+
+def load_data_for(config: TrainConfig) -> data.ImageData:
+    image_size = (config.image_size, config.image_size) if config.image_size else None
+    return data.load_data(
+        config.dataset,
+        data_dir=config.data_dir,
+        image_size=image_size,
+        max_train_examples=config.max_train_examples,
+        max_test_examples=config.max_test_examples,
+        validation_examples=config.validation_examples,
+        seed=config.seed,
+    )
+
+
+class _StopRequested:
+    """Turns SIGINT / SIGTERM into a flag, so the loop can checkpoint before exiting."""
+
+    def __init__(self):
+        self.signal_number = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal_number = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def __bool__(self):
+        return self.signal_number is not None
+
+
+class Trainer:
+    """Owns the model, optimizer, metrics, checkpoint and compiled steps of one run."""
+
+    def __init__(self, config: TrainConfig, image_data: data.ImageData | None = None):
+        config.validate()
+        self.config = config
+        self.strategy = build_strategy(config.strategy)
+        if config.precision != "float32":
+            tf_keras.mixed_precision.set_global_policy(config.precision)
+        self.data = image_data if image_data is not None else load_data_for(config)
+        spec = self.data.spec
+        self.num_train = spec.num_train
+        self.global_batch_size = config.batch_size
+        self.steps_per_epoch = self.num_train // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"batch_size {config.batch_size} is larger than the training set "
+                f"({self.num_train} examples)"
+            )
+        with self.strategy.scope():
+            self.model = build_model_for(config, spec.num_classes, spec.image_shape)
+            self.optimizer = make_optimizer(config, self.steps_per_epoch, self.model)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.train_loss = tf_keras.metrics.Mean("train/loss")
+            self.train_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("train/accuracy")
+            self.train_kl = tf_keras.metrics.Mean("train/kl")
+            self.test_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("test/accuracy")
+            self.test_robust_accuracy = tf_keras.metrics.SparseCategoricalAccuracy(
+                "test/robust_accuracy"
+            )
+            self.optimizer.build(self.model.trainable_variables)
+            self.checkpoint = tf.train.Checkpoint(
+                model=self.model,
+                optimizer=self.optimizer,
+                epoch=self.epoch,
+                step_in_epoch=self.step_in_epoch,
+                train_loss=self.train_loss,
+                train_accuracy=self.train_accuracy,
+                train_kl=self.train_kl,
+            )
+        self.checkpoint_manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            os.path.join(config.model_dir, CHECKPOINT_DIRNAME),
+            max_to_keep=config.keep_checkpoints,
+        )
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    # ----- compiled steps ---------------------------------------------------------------
+
+    def _attack_fn(self):
+        # BN runs in inference mode during the attack, as in the reference.
+        return lambda images: tf.cast(self.model(images, training=False), tf.float32)
+
+    def _make_train_step(self):
+        config = self.config
+        adversarial = models.is_adversarial(config.defense)
+        kl_weight = config.alpha / self.num_train
+        loss_scaled = isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+        def step_fn(images, labels):
+            if adversarial:
+                images = attacks.pgd(
+                    self._attack_fn(),
+                    images,
+                    labels,
+                    eps=config.train_eps,
+                    step_size=config.step_size,
+                    num_steps=config.train_pgd_steps,
+                    random_start=config.random_start,
+                )
+            with tf.GradientTape() as tape:
+                logits = tf.cast(self.model(images, training=True), tf.float32)
+                per_example = tf_keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True
+                )
+                cross_entropy = tf.nn.compute_average_loss(
+                    per_example, global_batch_size=self.global_batch_size
+                )
+                kl = layers.model_kl(self.model)
+                loss = cross_entropy + tf.nn.scale_regularization_loss(kl_weight * kl)
+                scaled = self.optimizer.get_scaled_loss(loss) if loss_scaled else loss
+            variables = self.model.trainable_variables
+            gradients = tape.gradient(scaled, variables)
+            if loss_scaled:
+                gradients = self.optimizer.get_unscaled_gradients(gradients)
+            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            replicas = self.strategy.num_replicas_in_sync
+            # `loss` is this replica's share; times the replica count it is the global value.
+            self.train_loss.update_state(loss * replicas)
+            self.train_kl.update_state(kl)
+            self.train_accuracy.update_state(labels, logits)
+
+        @tf.function(jit_compile=config.jit_compile or None)
+        def train_step(iterator):
+            self.strategy.run(step_fn, args=next(iterator))
+
+        return train_step
+
+    def _make_eval_step(self):
+        config = self.config
+
+        def step_fn(images, labels, robust):
+            predict = self._attack_fn()
+            metric = self.test_accuracy
+            if robust:
+                metric = self.test_robust_accuracy
+                images = attacks.pgd(
+                    predict,
+                    images,
+                    labels,
+                    eps=config.train_eps,
+                    step_size=2.5 * config.train_eps / config.eval_pgd_steps,
+                    num_steps=config.eval_pgd_steps,
+                )
+            metric.update_state(
+                labels, models.ensemble_probabilities(predict, images, config.eval_num_samples)
+            )
+
+        @tf.function
+        def clean_step(batch):
+            self.strategy.run(step_fn, args=(*batch, False))
+
+        @tf.function
+        def robust_step(batch):
+            self.strategy.run(step_fn, args=(*batch, True))
+
+        return {False: clean_step, True: robust_step}
+
+    # ----- datasets -----------------------------------------------------------------------
+
+    def _train_iterator(self, epoch: int, skip: int):
+        def dataset_fn(context):
+            dataset = self.data.train_dataset(
+                batch_size=self.global_batch_size,
+                epoch=epoch,
+                seed=self.config.seed,
+                input_context=context,
+            )
+            return dataset.skip(skip)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def _eval_dataset(self, max_examples: int | None):
+        def dataset_fn(context):
+            dataset = self.data.test_dataset(
+                batch_size=self.global_batch_size, input_context=context
+            )
+            if max_examples:
+                per_replica = context.get_per_replica_batch_size(self.global_batch_size)
+                dataset = dataset.unbatch().take(max_examples // context.num_input_pipelines)
+                dataset = dataset.batch(per_replica)
+            return dataset
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # ----- the loop -------------------------------------------------------------------------
+
+    def evaluate(self, robust_examples: int = 0) -> dict:
+        """Ensemble test accuracy (eq. 18), and robust accuracy on a capped subset if asked."""
+        self.test_accuracy.reset_state()
+        for batch in self._eval_dataset(None):
+            self._eval_step[False](batch)
+        results = {"test_accuracy": float(self.test_accuracy.result())}
+        if robust_examples:
+            self.test_robust_accuracy.reset_state()
+            for batch in self._eval_dataset(robust_examples):
+                self._eval_step[True](batch)
+            results["test_robust_accuracy"] = float(self.test_robust_accuracy.result())
+        return results
+
+    def restore(self) -> bool:
+        """Restores the latest checkpoint of ``model_dir``; returns whether one was found."""
+        path = self.checkpoint_manager.latest_checkpoint
+        if path is None:
+            return False
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        return True
+
+    def save(self) -> str:
+        return self.checkpoint_manager.save(checkpoint_number=self.optimizer.iterations)
+
+    def fit(self, verbose: bool = True) -> dict:
+        """Trains to ``config.epochs``, resuming from ``model_dir``; returns the last metrics."""
+        config = self.config
+        os.makedirs(config.model_dir, exist_ok=True)
+        _check_or_write_config(config)
+        write_text_atomically(
+            os.path.join(config.model_dir, MODEL_SPEC_FILENAME),
+            json.dumps(
+                {
+                    "num_classes": self.data.spec.num_classes,
+                    "image_shape": list(self.data.spec.image_shape),
+                    "class_names": list(self.data.spec.class_names),
+                },
+                indent=2,
+            )
+            + "\n",
+        )
+        resumed = self.restore()
+        if resumed and verbose:
+            print(
+                f"Resumed from {self.checkpoint_manager.latest_checkpoint} at epoch "
+                f"{int(self.epoch.numpy()) + 1}, step {int(self.step_in_epoch.numpy())}",
+                flush=True,
+            )
+        writer = tf.summary.create_file_writer(os.path.join(config.model_dir, TENSORBOARD_DIRNAME))
+        last = {}
+        with _StopRequested() as stop:
+            while int(self.epoch.numpy()) < config.epochs:
+                epoch = int(self.epoch.numpy())
+                start_step = int(self.step_in_epoch.numpy())
+                if start_step == 0:
+                    for metric in (self.train_loss, self.train_accuracy, self.train_kl):
+                        metric.reset_state()
+                iterator = self._train_iterator(epoch, start_step)
+                progress = tf_keras.utils.Progbar(
+                    self.steps_per_epoch,
+                    stateful_metrics=["loss", "accuracy", "kl"],
+                    verbose=1 if verbose and sys.stdout.isatty() else 0,
+                )
+                started = time.time()
+                for step in range(start_step, self.steps_per_epoch):
+                    self._train_step(iterator)
+                    self.step_in_epoch.assign(step + 1)
+                    progress.update(
+                        step + 1,
+                        [
+                            ("loss", float(self.train_loss.result())),
+                            ("accuracy", float(self.train_accuracy.result())),
+                            ("kl", float(self.train_kl.result())),
+                        ],
+                    )
+                    if stop:
+                        path = self.save()
+                        raise KeyboardInterrupt(
+                            f"stopped by signal {stop.signal_number}; saved {path}. "
+                            "Rerun the same command to resume."
+                        )
+                    every = config.checkpoint_every_steps
+                    if every and (step + 1) % every == 0 and step + 1 < self.steps_per_epoch:
+                        self.save()
+                train_seconds = time.time() - started
+                last = {
+                    "epoch": epoch + 1,
+                    "train_loss": float(self.train_loss.result()),
+                    "train_accuracy": float(self.train_accuracy.result()),
+                    "kl": float(self.train_kl.result()),
+                    "learning_rate": float(
+                        learning_rate_schedule(config, self.steps_per_epoch)(
+                            self.optimizer.iterations - 1
+                        )
+                    ),
+                    "train_images_per_second": (
+                        (self.steps_per_epoch - start_step) * config.batch_size / train_seconds
+                    ),
+                }
+                last.update(self.evaluate(config.eval_robust_examples))
+                self.epoch.assign(epoch + 1)
+                self.step_in_epoch.assign(0)
+                self.save()
+                _append_metrics(config.model_dir, last)
+                with writer.as_default(step=epoch + 1):
+                    for key, value in last.items():
+                        if key != "epoch":
+                            tf.summary.scalar(_summary_name(key), value)
+                if verbose:
+                    print(_format_metrics(last), flush=True)
+        self.export()
+        return last
+
+    def export(self) -> str:
+        num_samples = (
+            self.config.export_num_samples if models.is_stochastic(self.config.defense) else 1
+        )
+        return export.export_saved_model(
+            self.model,
+            os.path.join(self.config.model_dir, export.SAVED_MODEL_DIRNAME),
+            num_samples=num_samples,
+            image_shape=tuple(self.data.spec.image_shape),
+        )
+
+
+def _summary_name(key: str) -> str:
+    for prefix in ("train", "test"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1 :]}"
+    return f"train/{key}"
+
+
+def _format_metrics(metrics: dict) -> str:
+    parts = [f"epoch {metrics['epoch']}"]
+    parts += [f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"]
+    return "  ".join(parts)
+
+
+def _check_or_write_config(config: TrainConfig) -> None:
+    """Writes config.json, or checks that a resumed run matches the one in model_dir."""
+    path = os.path.join(config.model_dir, CONFIG_FILENAME)
+    if os.path.exists(path):
+        with open(path) as f:
+            existing = TrainConfig.from_json(f.read())
+        resumable = {"epochs", "model_dir", "data_dir", "checkpoint_every_steps", "strategy"}
+        mismatched = {
+            field.name: (getattr(existing, field.name), getattr(config, field.name))
+            for field in dataclasses.fields(TrainConfig)
+            if field.name not in resumable
+            and getattr(existing, field.name) != getattr(config, field.name)
+        }
+        if mismatched:
+            details = ", ".join(
+                f"{k}: {a!r} in model_dir vs {b!r} now" for k, (a, b) in sorted(mismatched.items())
+            )
+            raise ValueError(
+                f"model_dir {config.model_dir} holds a run with a different configuration "
+                f"({details}); use a new --model_dir or the original flags"
+            )
+    write_text_atomically(path, config.to_json() + "\n")
+
+
+def _append_metrics(model_dir: str, metrics: dict) -> None:
+    with open(os.path.join(model_dir, METRICS_FILENAME), "a") as f:
+        f.write(json.dumps(metrics, sort_keys=True) + "\n")
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+
+
+def read_config(model_dir: str) -> TrainConfig:
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a tfp_advbnn model_dir")
+    with open(path) as f:
+        return TrainConfig.from_json(f.read())
+
+
+def read_model_spec(model_dir: str) -> dict:
+    """``num_classes``, ``image_shape`` and ``class_names`` of the run in ``model_dir``."""
+    path = os.path.join(model_dir, MODEL_SPEC_FILENAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a tfp_advbnn model_dir")
+    with open(path) as f:
+        return json.load(f)
+
+
+def restore_model(model_dir: str):
+    """Rebuilds the model of ``model_dir`` and restores its latest checkpoint.
+
+    Returns:
+      (model, config, model_spec). Raises FileNotFoundError when there is no config or
+      checkpoint, and an error when the checkpoint does not match the model (never a silent
+      partial restore).
+    """
+    config = read_config(model_dir)
+    model_spec = read_model_spec(model_dir)
+    model = build_model_for(config, model_spec["num_classes"], model_spec["image_shape"])
+    directory = os.path.join(model_dir, CHECKPOINT_DIRNAME)
+    path = tf.train.latest_checkpoint(directory)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    status = tf.train.Checkpoint(model=model).restore(path)
+    status.expect_partial().assert_existing_objects_matched()
+    return model, config, model_spec
+
+
+def train(config: TrainConfig, verbose: bool = True) -> dict:
+    """Trains (or resumes) the run described by ``config``; returns the last epoch's metrics."""
+    return Trainer(config).fit(verbose=verbose)

@@ -1,0 +1,155 @@
+r"""Trains one of the five defenses.
+
+  python -m trainers.main --dataset=cifar10 --alpha=1.0
+  python -m trainers.main --dataset=cifar10 --data_dir=../shared/data/cifar-10-batches-bin \
+      --defense=adv_bnn --model=vgg16 --width_multiplier=0.25 --epochs=2 --model_dir=runs/demo
+
+Rerunning with the same --model_dir resumes from its latest checkpoint. Ctrl-C or SIGTERM
+saves a checkpoint before exiting.
+"""
+
+import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow is imported
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_training_flags() -> None:
+    """Defines the flags shared by trainers.main and trainers.tune."""
+    from tfp_advbnn import data, models, training
+
+    flags.DEFINE_enum("dataset", "cifar10", list(data.DATASETS), "Dataset.")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Local data: a CIFAR-10 directory (binary or python layout, or its .tar.gz), an image "
+        "folder root (root/train/<class>/..., root/val/<class>/...), or the tfds data_dir.",
+    )
+    flags.DEFINE_integer("image_size", None, "Image side for --dataset=folder (default 64).")
+    flags.DEFINE_integer("max_train_examples", None, "Use only the first N training images.")
+    flags.DEFINE_integer("max_test_examples", None, "Use only the first N test images.")
+    flags.DEFINE_enum("defense", "adv_bnn", list(models.DEFENSES), "Defense to train.")
+    flags.DEFINE_enum("model", "vgg16", list(models.ARCHITECTURES), "Architecture.")
+    flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv width (> 0).")
+    flags.DEFINE_enum(
+        "posterior", "reparameterization", ["reparameterization", "flipout"], "Estimator."
+    )
+    flags.DEFINE_float("alpha", 1.0, "KL weight: loss = CE + alpha / N_train * KL (>= 0).")
+    flags.DEFINE_float("sigma_0", None, "Prior std (default: the paper's per dataset).")
+    flags.DEFINE_float("init_s", 0.05, "Initial posterior std; s starts at log(init_s).")
+    flags.DEFINE_float("noise_init", 0.2, "RSE: std of the noise before the first conv.")
+    flags.DEFINE_float("noise_inner", 0.1, "RSE: std of the noise before the other convs.")
+    flags.DEFINE_float(
+        "train_eps", None, "L-inf training radius in [0, 1] pixel scale (default per dataset)."
+    )
+    flags.DEFINE_integer("train_pgd_steps", 10, "PGD steps while training (>= 1).")
+    flags.DEFINE_float("pgd_step_size", None, "PGD step size (default 2.5 * eps / steps).")
+    flags.DEFINE_bool("random_start", False, "Start PGD at a random point of the eps-ball.")
+    flags.DEFINE_integer("epochs", None, "Total epochs (default per dataset); stages scale.")
+    flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+    flags.DEFINE_enum("optimizer", "adam", list(training.OPTIMIZERS), "Optimizer.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate (> 0).")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 5e-4, "SGD decoupled weight decay (non-Bayesian weights).")
+    flags.DEFINE_integer("eval_num_samples", 10, "Weight draws in the test ensemble (eq. 18).")
+    flags.DEFINE_integer(
+        "eval_robust_examples", 0, "If > 0, PGD test accuracy on this many test images per epoch."
+    )
+    flags.DEFINE_integer("eval_pgd_steps", 20, "PGD steps of the per-epoch robust evaluation.")
+    flags.DEFINE_integer("seed", 0, "Seed of the weights, the draws and the data order.")
+    flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "Distribution strategy.")
+    flags.DEFINE_enum("precision", "float32", list(training.PRECISIONS), "Compute precision.")
+    flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+
+
+def config_from_flags(**overrides):
+    """A validated TrainConfig from the parsed flags, with per-dataset defaults filled in."""
+    from tfp_advbnn import training
+
+    defaults = training.DATASET_DEFAULTS[FLAGS.dataset]
+    values = dict(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        image_size=FLAGS.image_size or defaults["image_size"],
+        max_train_examples=FLAGS.max_train_examples,
+        max_test_examples=FLAGS.max_test_examples,
+        model=FLAGS.model,
+        defense=FLAGS.defense,
+        width_multiplier=FLAGS.width_multiplier,
+        posterior=FLAGS.posterior,
+        alpha=FLAGS.alpha,
+        sigma_0=FLAGS.sigma_0 if FLAGS.sigma_0 is not None else defaults["sigma_0"],
+        init_s=FLAGS.init_s,
+        noise_init=FLAGS.noise_init,
+        noise_inner=FLAGS.noise_inner,
+        train_eps=FLAGS.train_eps if FLAGS.train_eps is not None else defaults["train_eps"],
+        train_pgd_steps=FLAGS.train_pgd_steps,
+        pgd_step_size=FLAGS.pgd_step_size,
+        random_start=FLAGS.random_start,
+        epochs=FLAGS.epochs if FLAGS.epochs is not None else defaults["epochs"],
+        batch_size=FLAGS.batch_size,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
+        eval_num_samples=FLAGS.eval_num_samples,
+        eval_robust_examples=FLAGS.eval_robust_examples,
+        eval_pgd_steps=FLAGS.eval_pgd_steps,
+        seed=FLAGS.seed,
+        strategy=FLAGS.strategy,
+        precision=FLAGS.precision,
+        jit_compile=FLAGS.jit_compile,
+    )
+    values.update(overrides)
+    config = training.TrainConfig(**values)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from None
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from tfp_advbnn import training
+
+    model_dir = FLAGS.model_dir or os.path.join(
+        "runs", f"{FLAGS.dataset}_{FLAGS.model}_{FLAGS.defense}"
+    )
+    config = config_from_flags(
+        model_dir=model_dir,
+        export_num_samples=FLAGS.export_num_samples,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        keep_checkpoints=FLAGS.keep_checkpoints,
+        validation_examples=FLAGS.validation_examples,
+    )
+    try:
+        metrics = training.train(config)
+    except KeyboardInterrupt as interrupt:
+        print(f"Interrupted: {interrupt}", file=sys.stderr)
+        return 130
+    print(f"Done. SavedModel at {os.path.join(config.model_dir, 'saved_model')}: {metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    define_training_flags()
+    flags.DEFINE_string(
+        "model_dir", None, "Where checkpoints, logs and exports go (default runs/<run name>)."
+    )
+    flags.DEFINE_integer("export_num_samples", 10, "Weight draws averaged by the SavedModel.")
+    flags.DEFINE_integer(
+        "checkpoint_every_steps", 0, "Also checkpoint every N steps within an epoch (0: off)."
+    )
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+    flags.DEFINE_integer(
+        "validation_examples", 0, "Hold out the last N training images as a validation split."
+    )
+    app.run(main)
