@@ -460,11 +460,12 @@ class Trainer:
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
-    def _eval_dataset(self, max_examples: int | None):
+    def _eval_dataset(self, max_examples: int | None, split: str):
+        make = {"test": self.data.test_dataset, "validation": self.data.validation_dataset}
+        _check_choice("split", split, make)
+
         def dataset_fn(context):
-            dataset = self.data.test_dataset(
-                batch_size=self.global_batch_size, input_context=context
-            )
+            dataset = make[split](batch_size=self.global_batch_size, input_context=context)
             if max_examples:
                 per_replica = context.get_per_replica_batch_size(self.global_batch_size)
                 dataset = dataset.unbatch().take(max_examples // context.num_input_pipelines)
@@ -475,17 +476,22 @@ class Trainer:
 
     # ----- the loop -------------------------------------------------------------------------
 
-    def evaluate(self, robust_examples: int = 0) -> dict:
-        """Ensemble test accuracy (eq. 18), and robust accuracy on a capped subset if asked."""
+    def evaluate(self, robust_examples: int = 0, split: str = "test") -> dict:
+        """Ensemble accuracy (eq. 18) on ``split`` ("test" or "validation"), and the ensemble
+        accuracy under PGD-``eval_pgd_steps`` at ``train_eps`` on its first
+        ``robust_examples`` images when that is > 0.
+
+        Returns ``{"<split>_accuracy": ..., "<split>_robust_accuracy": ...}``.
+        """
         self.test_accuracy.reset_state()
-        for batch in self._eval_dataset(None):
+        for batch in self._eval_dataset(None, split):
             self._eval_step[False](batch)
-        results = {"test_accuracy": float(self.test_accuracy.result())}
+        results = {f"{split}_accuracy": float(self.test_accuracy.result())}
         if robust_examples:
             self.test_robust_accuracy.reset_state()
-            for batch in self._eval_dataset(robust_examples):
+            for batch in self._eval_dataset(robust_examples, split):
                 self._eval_step[True](batch)
-            results["test_robust_accuracy"] = float(self.test_robust_accuracy.result())
+            results[f"{split}_robust_accuracy"] = float(self.test_robust_accuracy.result())
         return results
 
     def restore(self) -> bool:

@@ -1,0 +1,344 @@
+"""Tests of tfp_advbnn.layers against independent numpy computations."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tfp_advbnn.layers import (
+    BayesBatchNormalization,
+    BayesConv2D,
+    BayesDense,
+    RandomNoise,
+    model_kl,
+)
+
+SIGMA_0 = 0.15
+INIT_S = 0.05
+
+# name -> (factory(seed), input shape); the factories cover every Bayesian layer variant.
+BAYES_LAYERS = {
+    "conv_reparam": (
+        lambda seed=None: BayesConv2D(3, 3, sigma_0=SIGMA_0, init_s=INIT_S, seed=seed),
+        (4, 6, 6, 2),
+    ),
+    "conv_flipout": (
+        lambda seed=None: BayesConv2D(
+            3, (3, 2), sigma_0=SIGMA_0, init_s=INIT_S, posterior="flipout", seed=seed
+        ),
+        (4, 6, 6, 2),
+    ),
+    "conv_valid_nobias": (
+        lambda seed=None: BayesConv2D(
+            3, 3, padding="valid", use_bias=False, sigma_0=SIGMA_0, init_s=INIT_S, seed=seed
+        ),
+        (4, 6, 6, 2),
+    ),
+    "dense_reparam": (
+        lambda seed=None: BayesDense(5, sigma_0=SIGMA_0, init_s=INIT_S, seed=seed),
+        (4, 7),
+    ),
+    "dense_flipout": (
+        lambda seed=None: BayesDense(
+            5, sigma_0=SIGMA_0, init_s=INIT_S, posterior="flipout", seed=seed
+        ),
+        (4, 7),
+    ),
+    "bn": (
+        lambda seed=None: BayesBatchNormalization(sigma_0=SIGMA_0, init_s=INIT_S, seed=seed),
+        (4, 5, 5, 3),
+    ),
+}
+SEED_REPRODUCIBLE = [name for name in BAYES_LAYERS if "flipout" not in name]
+
+
+def _inputs(shape, seed=0):
+    return tf.constant(np.random.default_rng(seed).normal(size=shape), tf.float32)
+
+
+def _mu_s_pairs(layer):
+    """(mu, s) numpy pairs, matched by variable name, independently of the layer's helpers."""
+    by_name = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in layer.trainable_variables}
+    pairs = []
+    for name, mu in by_name.items():
+        if name.endswith("_mu"):
+            pairs.append((mu.astype(np.float64), by_name[name[:-3] + "_s"].astype(np.float64)))
+    assert 2 * len(pairs) == len(by_name)
+    return pairs
+
+
+def _eq6(pairs, sigma_0):
+    total = 0.0
+    for mu, s in pairs:
+        sigma = np.exp(s)
+        total += np.sum(np.log(sigma_0 / sigma) + (sigma**2 + mu**2) / (2 * sigma_0**2) - 0.5)
+    return total
+
+
+def _build(name, seed=None):
+    factory, shape = BAYES_LAYERS[name]
+    layer = factory(seed)
+    x = _inputs(shape)
+    layer(x)
+    return layer, x
+
+
+@pytest.mark.parametrize("name", BAYES_LAYERS)
+def test_kl_matches_eq6_and_tracks_variables(name):
+    layer, x = _build(name)
+    kl = float(model_kl(layer))
+    np.testing.assert_allclose(kl, _eq6(_mu_s_pairs(layer), SIGMA_0), rtol=1e-5)
+    assert len(layer.losses) == len(_mu_s_pairs(layer))
+
+    # Move every mu and s: the KL must follow (the distributions are not frozen at build).
+    rng = np.random.default_rng(1)
+    for v in layer.trainable_variables:
+        v.assign(v + rng.normal(scale=0.3, size=v.shape).astype(np.float32))
+    layer(x)
+    new_kl = float(model_kl(layer))
+    assert abs(new_kl - kl) > 1e-3 * abs(kl)
+    np.testing.assert_allclose(new_kl, _eq6(_mu_s_pairs(layer), SIGMA_0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", BAYES_LAYERS)
+def test_initial_mu_and_s(name):
+    layer, _ = _build(name)
+    shapes = {v.name.split("/")[-1].split(":")[0]: v.shape for v in layer.trainable_variables}
+    for _, s in _mu_s_pairs(layer):
+        np.testing.assert_allclose(s, math.log(INIT_S), rtol=1e-6)
+    if name == "bn":
+        values = {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in layer.weights}
+        np.testing.assert_array_equal(values["gamma_mu"], 1.0)
+        np.testing.assert_array_equal(values["beta_mu"], 0.0)
+        return
+    fan_in = int(np.prod(shapes["kernel_mu"][:-1]))
+    bound = 1 / math.sqrt(fan_in)
+    for mu, _ in _mu_s_pairs(layer):
+        assert np.all(np.abs(mu) <= bound)
+    # Kernels have >= 36 entries: all within half the bound has probability < 2^-36.
+    kernel_mu = next(v.numpy() for v in layer.weights if "kernel_mu" in v.name)
+    assert np.abs(kernel_mu).max() > 0.5 * bound
+
+
+@pytest.mark.parametrize("name", BAYES_LAYERS)
+def test_every_variable_gets_a_gradient(name):
+    layer, x = _build(name)
+    with tf.GradientTape(persistent=True) as tape:
+        y = layer(x, training=True) if name == "bn" else layer(x)
+        data_loss = tf.reduce_sum(tf.sin(y))
+        loss = data_loss + model_kl(layer)
+    # The data term alone must reach every mu and s too: through the reparameterized sample.
+    data_grads = tape.gradient(data_loss, layer.trainable_variables)
+    grads = tape.gradient(loss, layer.trainable_variables)
+    assert len(layer.trainable_variables) in (2, 4)
+    for var, data_grad, grad in zip(layer.trainable_variables, data_grads, grads, strict=True):
+        for g in (data_grad, grad):
+            assert g is not None, var.name
+            assert float(tf.reduce_max(tf.abs(g))) > 0, var.name
+
+
+@pytest.mark.parametrize("name", [*BAYES_LAYERS, "noise"])
+def test_fresh_sample_every_call_eager_and_in_function(name):
+    if name == "noise":
+        layer, x = RandomNoise(0.1), _inputs((4, 6, 6, 2))
+    else:
+        layer, x = _build(name)
+    kwargs = {"training": False} if name in ("bn", "noise") else {}
+    a, b = layer(x, **kwargs), layer(x, **kwargs)
+    assert float(tf.reduce_max(tf.abs(a - b))) > 1e-4
+    fn = tf.function(lambda t: layer(t, **kwargs))
+    c, d = fn(x), fn(x)
+    assert float(tf.reduce_max(tf.abs(c - d))) > 1e-4
+    assert float(tf.reduce_max(tf.abs(c - a))) > 1e-4
+
+
+@pytest.mark.parametrize("name", SEED_REPRODUCIBLE)
+def test_seeded_layers_reproduce_and_differ(name):
+    first, x = _build(name, seed=11)
+    again, _ = _build(name, seed=11)
+    other, _ = _build(name, seed=12)
+    draws = [[layer(x).numpy() for _ in range(2)] for layer in (first, again, other)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert np.abs(draws[0][0] - draws[0][1]).max() > 1e-4
+    assert np.abs(draws[0][0] - draws[2][0]).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["conv_flipout", "dense_flipout"])
+def test_flipout_reproducible_under_global_seed(name):
+    # Flipout's sign flips come from TF's stateful RNG (see the BayesConv2D docstring).
+    def draws():
+        tf.random.set_seed(5)
+        layer, x = _build(name, seed=11)
+        return [layer(x).numpy() for _ in range(2)]
+
+    first, second = draws(), draws()
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(first[0] - first[1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", [*SEED_REPRODUCIBLE, "noise"])
+def test_checkpoint_restores_generator_state(name, tmp_path):
+    if name == "noise":
+        layer, x = RandomNoise(0.3, seed=3), _inputs((2, 4, 4, 3))
+        layer(x)
+    else:
+        layer, x = _build(name)
+    checkpoint = tf.train.Checkpoint(layer=layer)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    after_save = [layer(x).numpy() for _ in range(2)]
+    checkpoint.restore(path).assert_consumed()
+    after_restore = [layer(x).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(after_save, after_restore)
+    assert np.abs(after_save[0] - after_save[1]).max() > 1e-4
+
+
+def _with_tiny_sigma(layer):
+    """Makes the posterior (numerically) deterministic: s = log(1e-8)."""
+    for v in layer.trainable_variables:
+        if v.name.split("/")[-1].startswith(("gamma_s", "beta_s")):
+            v.assign(tf.fill(v.shape, math.log(1e-8)))
+
+
+def test_batch_norm_inference_uses_moving_statistics():
+    layer, x = _build("bn")
+    rng = np.random.default_rng(2)
+    moving_mean = rng.normal(size=3).astype(np.float32)
+    moving_var = rng.uniform(0.5, 2.0, size=3).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, size=3).astype(np.float32)
+    beta = rng.normal(size=3).astype(np.float32)
+    layer.moving_mean.assign(moving_mean)
+    layer.moving_variance.assign(moving_var)
+    names = {v.name.split("/")[-1].split(":")[0]: v for v in layer.trainable_variables}
+    names["gamma_mu"].assign(gamma)
+    names["beta_mu"].assign(beta)
+    _with_tiny_sigma(layer)
+
+    expected = (x.numpy() - moving_mean) / np.sqrt(moving_var + 1e-5) * gamma + beta
+    # Inference is the default when no training flag is given.
+    for y in (layer(x, training=False), layer(x)):
+        np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), moving_mean)
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), moving_var)
+
+
+def test_batch_norm_training_uses_batch_statistics_and_updates_moving():
+    layer = BayesBatchNormalization(sigma_0=SIGMA_0, init_s=INIT_S, momentum=0.8, epsilon=1e-3)
+    x = _inputs((6, 4, 4, 3)) * 2.0 + 1.0
+    layer(x, training=False)
+    _with_tiny_sigma(layer)
+    layer.moving_mean.assign([0.5, -0.5, 0.0])
+    layer.moving_variance.assign([1.0, 2.0, 3.0])
+
+    y = layer(x, training=True).numpy()
+    xn = x.numpy().astype(np.float64)
+    mean = xn.mean(axis=(0, 1, 2))
+    var = xn.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, (xn - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), np.array([0.5, -0.5, 0.0]) * 0.8 + mean * 0.2, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), np.array([1.0, 2.0, 3.0]) * 0.8 + var * 0.2, rtol=1e-5
+    )
+
+
+def test_batch_norm_training_flag_as_tensor_in_function():
+    layer, x = _build("bn")
+    fn = tf.function(lambda t, training: layer(t, training=training))
+    before = layer.moving_mean.numpy().copy()
+    fn(x, tf.constant(False))
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), before)
+    fn(x, tf.constant(True))
+    assert np.abs(layer.moving_mean.numpy() - before).max() > 1e-4
+
+
+def test_random_noise_is_on_at_inference_with_the_right_moments():
+    layer = RandomNoise(0.3, seed=1)
+    x = tf.fill([200, 50, 10], 2.0)
+    noise = (layer(x, training=False) - x).numpy()
+    # 1e5 draws: the mean's standard error is 1e-3, the std's about 7e-4.
+    assert abs(noise.mean()) < 5e-3
+    assert abs(noise.std() - 0.3) < 5e-3
+    model = tf_keras.Sequential([tf_keras.Input((3,)), RandomNoise(0.3)])
+    out = model(tf.zeros([2, 3]), training=False)
+    assert float(tf.reduce_max(tf.abs(out))) > 0
+
+
+def test_random_noise_zero_stddev_is_identity():
+    x = _inputs((3, 4))
+    np.testing.assert_array_equal(RandomNoise(0.0)(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("name", [*BAYES_LAYERS, "noise"])
+def test_config_round_trip(name):
+    if name == "noise":
+        layer, x = RandomNoise(0.25, seed=9, name="noisy"), _inputs((2, 3))
+        layer(x)
+    else:
+        layer, x = _build(name, seed=21)
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    if "flipout" not in name:
+        # Same seed: same initial means and the same draws.
+        np.testing.assert_array_equal(clone(x).numpy(), type(layer).from_config(config)(x).numpy())
+
+
+def test_mixed_precision_policy_keeps_kl_and_variables_float32():
+    layers = [
+        BayesConv2D(2, 3, sigma_0=SIGMA_0, init_s=INIT_S, dtype="mixed_float16"),
+        BayesBatchNormalization(sigma_0=SIGMA_0, init_s=INIT_S, dtype="mixed_float16"),
+        RandomNoise(0.1, dtype="mixed_float16"),
+    ]
+    x = _inputs((2, 4, 4, 3))
+    for layer in layers:
+        x = layer(x, training=True) if isinstance(layer, BayesBatchNormalization) else layer(x)
+        assert x.dtype == tf.float16
+        assert model_kl(layer).dtype == tf.float32
+        assert all(v.dtype == tf.float32 for v in layer.trainable_variables)
+
+
+def test_replicas_draw_different_noise_under_mirrored_strategy():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        dense = BayesDense(3, sigma_0=SIGMA_0, init_s=0.5, seed=1)
+        noise = RandomNoise(0.5, seed=2)
+        dense.build((None, 4))
+        noise.build((None, 4))
+    x = tf.ones([1, 4])
+    per_replica = strategy.run(tf.function(lambda: (dense(x), noise(x))))
+    for values in per_replica:
+        first, second = (v.numpy() for v in strategy.experimental_local_results(values))
+        assert np.abs(first - second).max() > 1e-4
+
+
+def test_model_kl_is_zero_without_losses():
+    layer = tf_keras.layers.Dense(2)
+    layer(tf.ones([1, 3]))
+    kl = model_kl(layer)
+    assert kl.dtype == tf.float32 and float(kl) == 0.0
+
+
+@pytest.mark.parametrize(
+    "make, bad",
+    [
+        (lambda: BayesConv2D(2, 3, sigma_0=0.0, init_s=INIT_S), "0.0"),
+        (lambda: BayesConv2D(2, 3, sigma_0=SIGMA_0, init_s=-1.0), "-1.0"),
+        (lambda: BayesConv2D(0, 3, sigma_0=SIGMA_0, init_s=INIT_S), "0"),
+        (lambda: BayesConv2D(2, 3, padding="full", sigma_0=SIGMA_0, init_s=INIT_S), "'full'"),
+        (lambda: BayesConv2D(2, (3, 0), sigma_0=SIGMA_0, init_s=INIT_S), r"\(3, 0\)"),
+        (lambda: BayesConv2D(2, 3, sigma_0=SIGMA_0, init_s=INIT_S, posterior="lrt"), "'lrt'"),
+        (lambda: BayesDense(3, sigma_0=SIGMA_0, init_s=INIT_S, seed=-4), "-4"),
+        (lambda: BayesDense(2.5, sigma_0=SIGMA_0, init_s=INIT_S), "2.5"),
+        (lambda: BayesDense(3, sigma_0=float("nan"), init_s=INIT_S), "nan"),
+        (lambda: BayesBatchNormalization(sigma_0=SIGMA_0, init_s=INIT_S, momentum=1.5), "1.5"),
+        (lambda: BayesBatchNormalization(sigma_0=SIGMA_0, init_s=INIT_S, epsilon=0), "0"),
+        (lambda: RandomNoise(-0.1), "-0.1"),
+        (lambda: RandomNoise("0.1"), "'0.1'"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_value(make, bad):
+    with pytest.raises(ValueError, match=bad):
+        make()
