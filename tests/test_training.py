@@ -234,3 +234,82 @@ def test_every_defense_builds_a_trainer(tmp_path, small_data):
         )
         trainer._train_step(trainer._train_iterator(0, 0))
         assert np.isfinite(float(trainer.train_loss.result())), defense
+
+
+@pytest.mark.parametrize("defense", ["plain", "adv"])
+def test_mirrored_step_equals_single_device_step(tmp_path, small_data, defense):
+    """Same global batch on 2 replicas and on 1 device: the same updated weights."""
+    assert len(tf.config.list_logical_devices("CPU")) == 2
+    weights = {}
+    for strategy in ("default", "mirrored"):
+        # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in a
+        # near-zero gradient into a full-size difference.
+        config = _config(
+            tmp_path / strategy,
+            defense=defense,
+            strategy=strategy,
+            optimizer="sgd",
+            learning_rate=0.1,
+            momentum=0.0,
+            weight_decay=0.0,
+        )
+        trainer = training.Trainer(config, image_data=small_data)
+        assert trainer.strategy.num_replicas_in_sync == (2 if strategy == "mirrored" else 1)
+        trainer._train_step(trainer._train_iterator(0, 0))
+        weights[strategy] = [v.numpy() for v in trainer.model.trainable_variables]
+        weights[strategy + "_loss"] = float(trainer.train_loss.result())
+    np.testing.assert_allclose(weights["mirrored_loss"], weights["default_loss"], rtol=1e-4)
+    for single, mirrored in zip(weights["default"], weights["mirrored"], strict=True):
+        np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-5)
+
+
+def _zero_variance(model):
+    """Sets every posterior log std to -30 so that draws equal the means."""
+    for _, log_std in (
+        pair
+        for layer in model.layers
+        for pair in getattr(layer, "posterior_parameters", {}).values()
+    ):
+        log_std.assign(tf.fill(log_std.shape, -30.0))
+
+
+def test_mirrored_counts_the_kl_once(tmp_path, small_data):
+    """On 2 replicas the reported loss is still CE + alpha / N * KL, with the KL once."""
+    reference = training.Trainer(
+        _config(tmp_path / "one", defense="bnn", alpha=0.7), image_data=small_data
+    )
+    _zero_variance(reference.model)
+    images, labels = next(iter(small_data.train_dataset(batch_size=16, epoch=0, seed=1)))
+    logits = reference.model(images, training=True)
+    cross_entropy = float(
+        tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    )
+    kl = float(layers.model_kl(reference.model))
+
+    mirrored = training.Trainer(
+        _config(tmp_path / "two", defense="bnn", alpha=0.7, strategy="mirrored"),
+        image_data=small_data,
+    )
+    _zero_variance(mirrored.model)
+    mirrored._train_step(mirrored._train_iterator(0, 0))
+    np.testing.assert_allclose(float(mirrored.train_kl.result()), kl, rtol=1e-4)
+    expected = cross_entropy + 0.7 / small_data.spec.num_train * kl
+    np.testing.assert_allclose(float(mirrored.train_loss.result()), expected, rtol=1e-4)
+
+
+def test_adv_bnn_trains_under_mirrored(tmp_path, small_data):
+    config = _config(tmp_path, defense="adv_bnn", strategy="mirrored", epochs=1)
+    metrics = training.Trainer(config, image_data=small_data).fit(verbose=False)
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["kl"])
+    assert (tmp_path / "saved_model").is_dir()
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_step_is_finite_and_keeps_float32_state(tmp_path, small_data, precision):
+    config = _config(tmp_path, defense="adv_bnn", precision=precision)
+    trainer = training.Trainer(config, image_data=small_data)
+    trainer._train_step(trainer._train_iterator(0, 0))
+    assert np.isfinite(float(trainer.train_loss.result()))
+    assert np.isfinite(float(trainer.train_kl.result()))
+    assert all(v.dtype == tf.float32 for v in trainer.model.trainable_variables)
+    assert tf.keras.mixed_precision.global_policy().name == "float32"

@@ -22,6 +22,7 @@ training so that each replica gets its own stream.
 
 import hashlib
 import math
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +32,11 @@ import tf_keras
 tfd = tfp.distributions
 
 POSTERIORS = ("reparameterization", "flipout")
+
+# TFP's variational layers keep the current weight sample in Python attributes
+# (``kernel_posterior_tensor``) between drawing it and using it, and MirroredStrategy traces
+# each replica in its own thread: the lock keeps one replica from using another's sample.
+_TFP_CALL_LOCK = threading.RLock()
 
 
 def derive_seed(seed, *salt):
@@ -224,7 +230,8 @@ class _BayesianTFPLayer(tf_keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        outputs = self._tfp_layer(tf.cast(inputs, self._tfp_layer.dtype))
+        with _TFP_CALL_LOCK:
+            outputs = self._tfp_layer(tf.cast(inputs, self._tfp_layer.dtype))
         return tf.cast(outputs, self.compute_dtype)
 
     def get_config(self):
@@ -377,6 +384,9 @@ class BayesBatchNormalization(tf_keras.layers.Layer):
     last, and updates ``moving = moving * momentum + batch * (1 - momentum)`` as tf_keras'
     BatchNormalization does. ``training=False`` (the default): uses the moving statistics.
     Statistics and normalization are computed in float32; output is in the compute dtype.
+
+    Under a ``tf.distribute`` strategy with several replicas the batch moments are those of
+    the global batch (all-reduced, as tf_keras' ``synchronized=True`` does).
     """
 
     def __init__(self, *, sigma_0, init_s, momentum=0.9, epsilon=1e-5, seed=None, **kwargs):
@@ -435,7 +445,7 @@ class BayesBatchNormalization(tf_keras.layers.Layer):
         axes = list(range(x.shape.rank - 1))
 
         def batch_moments():
-            mean, variance = tf.nn.moments(x, axes)
+            mean, variance = _global_moments(x, axes)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
                 self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
@@ -470,6 +480,20 @@ class BayesBatchNormalization(tf_keras.layers.Layer):
             seed=self.seed,
         )
         return config
+
+
+def _global_moments(x, axes):
+    """Mean and biased variance over ``axes`` and, under a strategy, over all replicas."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.nn.moments(x, axes)
+    sum_ = tf.distribute.ReduceOp.SUM
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
+    count = context.all_reduce(sum_, count)
+    total = context.all_reduce(sum_, tf.reduce_sum(x, axes))
+    squares = context.all_reduce(sum_, tf.reduce_sum(tf.square(x), axes))
+    mean = total / count
+    return mean, tf.maximum(squares / count - tf.square(mean), 0.0)
 
 
 class RandomNoise(tf_keras.layers.Layer):

@@ -10,6 +10,10 @@
 - ``rse``: the plain model with ``RandomNoise(noise_init)`` before the first conv and
   ``RandomNoise(noise_inner)`` before every other conv (Liu et al., ECCV 2018).
 
+Batch normalization, ordinary and Bayesian, is synchronized across replicas under a
+``tf.distribute`` strategy, so a step on R replicas normalizes with the statistics of the global
+batch, as one device would.
+
 Convs have biases in every defense (as in the reference implementation), so a Bayesian model has
 exactly twice the trainable variables and scalars of its plain twin. Weights and biases of the
 plain layers, and the means of the Bayesian ones, start uniform in +-1/sqrt(fan_in).
@@ -192,7 +196,10 @@ class _LayerFactory:
                 filters, 3, padding=padding, name=f"conv{index}", **self._plain_initializers(fan_in)
             )(x)
             x = tf_keras.layers.BatchNormalization(
-                momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=f"bn{index}"
+                momentum=_BN_MOMENTUM,
+                epsilon=_BN_EPSILON,
+                synchronized=True,
+                name=f"bn{index}",
             )(x)
         return tf_keras.layers.ReLU(name=f"relu{index}")(x)
 

@@ -252,8 +252,11 @@ def build_strategy(name: str) -> tf.distribute.Strategy:
         gpus = tf.config.list_logical_devices("GPU")
         if gpus:
             return tf.distribute.MirroredStrategy()
+        # Collective all-reduce across CPU devices was seen to abort on Bayesian models
+        # (mismatched collective shapes); reducing on one device is also the cheap choice there.
         return tf.distribute.MirroredStrategy(
-            [d.name for d in tf.config.list_logical_devices("CPU")]
+            [d.name for d in tf.config.list_logical_devices("CPU")],
+            cross_device_ops=tf.distribute.ReductionToOneDevice(),
         )
     return tf.distribute.MultiWorkerMirroredStrategy()
 
@@ -323,8 +326,6 @@ class Trainer:
         config.validate()
         self.config = config
         self.strategy = build_strategy(config.strategy)
-        if config.precision != "float32":
-            tf_keras.mixed_precision.set_global_policy(config.precision)
         self.data = image_data if image_data is not None else load_data_for(config)
         spec = self.data.spec
         self.num_train = spec.num_train
@@ -336,7 +337,14 @@ class Trainer:
                 f"({self.num_train} examples)"
             )
         with self.strategy.scope():
-            self.model = build_model_for(config, spec.num_classes, spec.image_shape)
+            # The policy applies to the layers built under it; it is restored afterwards so
+            # that building a trainer leaves no global state behind.
+            previous_policy = tf_keras.mixed_precision.global_policy()
+            tf_keras.mixed_precision.set_global_policy(config.precision)
+            try:
+                self.model = build_model_for(config, spec.num_classes, spec.image_shape)
+            finally:
+                tf_keras.mixed_precision.set_global_policy(previous_policy)
             self.optimizer = make_optimizer(config, self.steps_per_epoch, self.model)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import sys  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -120,6 +120,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from tfp_advbnn import training
 
+    # TensorFlow's checkpoint and export INFO lines would drown the per-epoch metrics.
+    logging.set_verbosity(logging.WARNING)
     model_dir = FLAGS.model_dir or os.path.join(
         "runs", f"{FLAGS.dataset}_{FLAGS.model}_{FLAGS.defense}"
     )
