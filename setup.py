@@ -15,6 +15,7 @@ setup(
         "tf-keras==2.21.*",
         "tensorflow-datasets>=4.9,<5",
         "keras-tuner==1.4.8",
+        "scikit-learn>=1.3",  # KerasTuner's Bayesian optimization
         "tensorboard>=2.20",
         "absl-py>=2.0",
         "numpy>=1.26",

@@ -7,10 +7,11 @@ standard deviation (not TFP's default softplus parameterization), and the prior
 
     KL(q || p) = sum_i [ log(sigma_0 / sigma_i) + (sigma_i^2 + mu_i^2) / (2 sigma_0^2) - 1/2 ],
 
-summed over all weights and biases of the layer and unscaled, is added to ``layer.losses`` on
-every call; ``model_kl`` sums it over a model. The trainable variables of a Bayesian layer are
-exactly its ``(mu, s)`` pairs, so a Bayesian layer has twice the trainable variables (and scalars)
-of its ordinary twin.
+summed over all weights and biases of the layer and unscaled, is in ``layer.losses`` as a
+callable loss: it is computed from the current mu and s whenever ``losses`` is read (not in
+every forward pass); ``model_kl`` sums it over a model. The trainable variables of a Bayesian
+layer are exactly its ``(mu, s)`` pairs, so a Bayesian layer has twice the trainable variables
+(and scalars) of its ordinary twin.
 
 Randomness: every stochastic layer draws fresh noise on every call, eagerly and inside
 ``tf.function``. Each one owns a ``tf.random.Generator`` (created in ``build``; seeded from
@@ -20,6 +21,7 @@ and a fixed ``seed`` gives reproducible draws. Build under ``strategy.scope()`` 
 training so that each replica gets its own stream.
 """
 
+import functools
 import hashlib
 import math
 import threading
@@ -71,13 +73,25 @@ def kl_normal(mu, s, sigma_0):
     )
 
 
+def _add_kl_losses(layer):
+    """Adds the eq. 6 KL of each of ``layer``'s (mu, s) pairs as a callable loss.
+
+    tf_keras evaluates a callable loss whenever ``layer.losses`` is read, from the variables'
+    current values. A KL computed in ``call`` instead would be recomputed in every forward pass,
+    every PGD step included, where nothing reads it; measured on VGG16 (15M weights, batch 32)
+    that doubled the time of a PGD-20 evaluation step.
+    """
+    for mu, s in layer.posterior_parameters.values():
+        layer.add_loss(functools.partial(kl_normal, mu, s, layer.sigma_0))
+
+
 def model_kl(model_or_layer):
     """Sum of ``model_or_layer.losses`` as a float32 scalar (0.0 when there are none).
 
     For models built by ``tfp_advbnn.models.build_model`` the only losses are the Bayesian
-    layers' KL terms (eq. 6), so this is the model's total KL over all its layers. Valid after the
-    model has been called, in the same context: the losses are those of its latest call, so after
-    a call inside a ``tf.function`` they are graph tensors usable only inside that function.
+    layers' KL terms (eq. 6), so this is the model's total KL over all its layers. It depends
+    only on the variables (it is computed when called, in the current context), so it is
+    valid anywhere once the model is built, and differentiable with respect to every mu and s.
     """
     losses = model_or_layer.losses
     if not losses:
@@ -156,7 +170,7 @@ class _BayesianTFPLayer(tf_keras.layers.Layer):
                 "bias_posterior_fn": self._posterior_fn,
                 "bias_posterior_tensor_fn": self._sample,
                 "bias_prior_fn": self._prior_fn,
-                "bias_divergence_fn": self._divergence,
+                "bias_divergence_fn": None,
             }
         else:
             bias_fns = {"bias_posterior_fn": None, "bias_prior_fn": None}
@@ -164,7 +178,8 @@ class _BayesianTFPLayer(tf_keras.layers.Layer):
             kernel_posterior_fn=self._posterior_fn,
             kernel_posterior_tensor_fn=self._sample,
             kernel_prior_fn=self._prior_fn,
-            kernel_divergence_fn=self._divergence,
+            # The KL is a callable loss of this layer (see _add_kl_losses), not a per-call one.
+            kernel_divergence_fn=None,
             # The TFP layer holds the variables in the variable dtype; call() casts around it.
             dtype=self.dtype_policy.variable_dtype,
             name=posterior,
@@ -215,18 +230,13 @@ class _BayesianTFPLayer(tf_keras.layers.Layer):
             reinterpreted_batch_ndims=len(shape),
         )
 
-    def _divergence(self, posterior, prior, posterior_sample):
-        """Analytic eq. 6 from the posterior's mu and log-std variable (ignores the sample)."""
-        del prior, posterior_sample
-        normal = posterior.distribution
-        return kl_normal(normal.loc, normal.scale.pretransformed_input, self.sigma_0)
-
     def _sample(self, distribution):
         return distribution.sample(seed=_next_seed(self._generator))
 
     def build(self, input_shape):
         self._generator = _make_generator(self.seed)
         self._tfp_layer.build(input_shape)
+        _add_kl_losses(self)
         super().build(input_shape)
 
     def call(self, inputs):
@@ -432,6 +442,7 @@ class BayesBatchNormalization(tf_keras.layers.Layer):
             name="moving_variance", shape=shape, dtype=tf.float32, initializer="ones", **moving
         )
         self._generator = _make_generator(self.seed)
+        _add_kl_losses(self)
         super().build(input_shape)
 
     def _sample(self, role):
@@ -463,8 +474,6 @@ class BayesBatchNormalization(tf_keras.layers.Layer):
         gamma = self._sample("gamma")
         beta = self._sample("beta")
         outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, self.epsilon)
-        for mu, s in self.posterior_parameters.values():
-            self.add_loss(kl_normal(mu, s, self.sigma_0))
         return tf.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -93,9 +93,8 @@ def ensemble_probabilities(model_fn, images, num_samples):
 
     Returns:
       float32 [B, num_classes] class probabilities. Works eagerly and inside ``tf.function``,
-      where all draws but the last run in a ``tf.while_loop`` so the graph does not grow with
-      ``num_samples``. The last draw runs outside the loop, so that a model's ``losses`` (and
-      ``model_kl``) remain usable afterwards in the same function.
+      where the draws after the first run in a ``tf.while_loop``, so the graph does not grow
+      with ``num_samples``.
     """
     if not _is_int(num_samples) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
@@ -103,17 +102,14 @@ def ensemble_probabilities(model_fn, images, num_samples):
     def probabilities():
         return tf.nn.softmax(tf.cast(model_fn(images), tf.float32), axis=-1)
 
-    total = tf.constant(0.0)
+    total = probabilities()
     if num_samples > 1:
-        # The accumulator starts as a scalar and becomes [B, C] after the first iteration.
         _, total = tf.while_loop(
             lambda i, _: i < num_samples - 1,
             lambda i, acc: (i + 1, acc + probabilities()),
             (tf.constant(0), total),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape(None)),
         )
-    last = probabilities()
-    return tf.reshape(total + last, tf.shape(last)) / float(num_samples)
+    return total / float(num_samples)
 
 
 def _is_int(value):

@@ -97,6 +97,7 @@ class TrainConfig:
     eval_num_samples: int = 10
     eval_robust_examples: int = 0
     eval_pgd_steps: int = 20
+    eval_split: str = "test"
     export_num_samples: int = 10
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
@@ -121,6 +122,9 @@ class TrainConfig:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("posterior", self.posterior, ("reparameterization", "flipout"))
+        _check_choice("eval_split", self.eval_split, ("test", "validation"))
+        if self.eval_split == "validation" and not self.validation_examples:
+            raise ValueError("eval_split 'validation' needs validation_examples > 0")
         positive = {
             "width_multiplier": self.width_multiplier,
             "sigma_0": self.sigma_0,
@@ -513,8 +517,12 @@ class Trainer:
     def save(self) -> str:
         return self.checkpoint_manager.save(checkpoint_number=self.optimizer.iterations)
 
-    def fit(self, verbose: bool = True) -> dict:
-        """Trains to ``config.epochs``, resuming from ``model_dir``; returns the last metrics."""
+    def fit(self, verbose: bool = True, export: bool = True) -> dict:
+        """Trains to ``config.epochs``, resuming from ``model_dir``; returns the last metrics.
+
+        After every epoch it evaluates on ``config.eval_split``; at the end it exports the
+        SavedModel unless ``export`` is False.
+        """
         config = self.config
         os.makedirs(config.model_dir, exist_ok=True)
         _check_or_write_config(config)
@@ -588,7 +596,7 @@ class Trainer:
                         (self.steps_per_epoch - start_step) * config.batch_size / train_seconds
                     ),
                 }
-                last.update(self.evaluate(config.eval_robust_examples))
+                last.update(self.evaluate(config.eval_robust_examples, config.eval_split))
                 self.epoch.assign(epoch + 1)
                 self.step_in_epoch.assign(0)
                 self.save()
@@ -599,7 +607,8 @@ class Trainer:
                             tf.summary.scalar(_summary_name(key), value)
                 if verbose:
                     print(_format_metrics(last), flush=True)
-        self.export()
+        if export:
+            self.export()
         return last
 
     def export(self) -> str:
