@@ -342,3 +342,20 @@ def test_model_kl_is_zero_without_losses():
 def test_bad_arguments_raise_value_error_naming_the_value(make, bad):
     with pytest.raises(ValueError, match=bad):
         make()
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 2), (1001, 999)])
+def test_standard_normal_is_standard_normal_and_seeded(shape):
+    from scipy import stats
+
+    from tfp_advbnn.layers import standard_normal
+
+    seed = tf.constant([5, 9], tf.int32)
+    draw = standard_normal(tf.constant(shape), seed).numpy()
+    assert draw.shape == shape and draw.dtype == np.float32
+    np.testing.assert_array_equal(draw, standard_normal(tf.constant(shape), seed).numpy())
+    other = standard_normal(tf.constant(shape), tf.constant([5, 10], tf.int32)).numpy()
+    assert not np.array_equal(draw, other)
+    if draw.size > 1000:
+        assert stats.kstest(draw.ravel(), "norm").pvalue > 1e-3
+        assert abs(draw.mean()) < 0.01 and abs(draw.std() - 1.0) < 0.01
