@@ -37,6 +37,7 @@ flags.DEFINE_float("width_multiplier", 0.25, "Conv width multiplier.")
 flags.DEFINE_integer("epochs", 6, "Epochs per defense.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_float("alpha", 0.02, "KL weight of bnn and adv_bnn (see README: small N).")
+flags.DEFINE_float("init_s", 0.05, "Initial posterior std of bnn and adv_bnn.")
 flags.DEFINE_float("eps", 8.0 / 255.0, "Training and evaluation L-inf radius.")
 flags.DEFINE_integer("eval_examples", 500, "Test images evaluated.")
 flags.DEFINE_integer("pgd_steps", 20, "Evaluation PGD steps.")
@@ -59,6 +60,7 @@ def main(argv):
             defense=defense,
             width_multiplier=FLAGS.width_multiplier,
             alpha=FLAGS.alpha,
+            init_s=FLAGS.init_s,
             train_eps=FLAGS.eps,
             epochs=FLAGS.epochs,
             batch_size=FLAGS.batch_size,
@@ -100,6 +102,7 @@ def main(argv):
         "width_multiplier": FLAGS.width_multiplier,
         "epochs": FLAGS.epochs,
         "alpha": FLAGS.alpha,
+        "init_s": FLAGS.init_s,
         "eps": FLAGS.eps,
         "pgd_steps": FLAGS.pgd_steps,
         "eval_examples": FLAGS.eval_examples,
