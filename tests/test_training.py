@@ -4,8 +4,10 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -313,3 +315,132 @@ def test_mixed_precision_step_is_finite_and_keeps_float32_state(tmp_path, small_
     assert np.isfinite(float(trainer.train_kl.result()))
     assert all(v.dtype == tf.float32 for v in trainer.model.trainable_variables)
     assert tf.keras.mixed_precision.global_policy().name == "float32"
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start_workers(model_dir, data_dir, epochs):
+    """Two `trainers.main` processes of one MultiWorkerMirroredStrategy cluster on loopback.
+
+    Returns (process, log path) pairs; the logs go to files beside ``model_dir``.
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    flags = [
+        "--strategy=multi_worker",
+        f"--model_dir={model_dir}",
+        f"--data_dir={data_dir}",
+        "--model=vgg11",
+        "--defense=plain",
+        "--width_multiplier=0.0625",
+        "--batch_size=16",
+        "--max_train_examples=64",
+        "--max_test_examples=32",
+        f"--epochs={epochs}",
+        "--eval_num_samples=2",
+        "--export_num_samples=2",
+    ]
+    workers = []
+    for index in range(2):
+        env = dict(
+            os.environ,
+            TF_ENABLE_ONEDNN_OPTS="1",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
+        log = model_dir.parent / f"worker-{index}-{time.monotonic_ns()}.log"
+        with open(log, "w") as f:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trainers.main", *flags],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        workers.append((process, log))
+    return workers
+
+
+def _wait(workers, timeout=240):
+    """Each worker's (return code, log). A worker still running after ``timeout`` seconds is
+    killed, so its return code is -9."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process, _ in workers:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for process, _ in workers:
+            process.kill()
+            process.wait()
+    return [(process.returncode, log.read_text()) for process, log in workers]
+
+
+def _saved_step(model_dir):
+    path = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    return int(tf.train.load_variable(path, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def _epochs_logged(model_dir):
+    return [
+        json.loads(line)["epoch"] for line in (model_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+STEPS_PER_EPOCH = 64 // 16
+
+
+@pytest.mark.slow
+def test_two_workers_train_checkpoint_and_resume(tmp_path, cifar_bin_dir):
+    model_dir = tmp_path / "run"
+    for returncode, output in _wait(_start_workers(model_dir, cifar_bin_dir, epochs=2)):
+        assert returncode == 0, output
+    for name in ("config.json", "model_spec.json", "tensorboard", "saved_model"):
+        assert (model_dir / name).exists(), name
+    assert _epochs_logged(model_dir) == [1, 2]
+    assert _saved_step(model_dir) == 2 * STEPS_PER_EPOCH
+    # Only the chief wrote: no worker scratch directory and one TensorBoard events file.
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []
+    assert len(list((model_dir / "tensorboard").iterdir())) == 1
+
+    for returncode, output in _wait(_start_workers(model_dir, cifar_bin_dir, epochs=3)):
+        assert returncode == 0, output
+        assert "Resumed from" in output
+    assert _epochs_logged(model_dir) == [1, 2, 3]
+    assert _saved_step(model_dir) == 3 * STEPS_PER_EPOCH
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_checkpoints_all_and_resume_is_exact(tmp_path, cifar_bin_dir):
+    model_dir = tmp_path / "run"
+    epochs = 4
+    workers = _start_workers(model_dir, cifar_bin_dir, epochs=epochs)
+    metrics = model_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().strip()):
+        if time.monotonic() > deadline or any(p.poll() is not None for p, _ in workers):
+            pytest.fail(f"no epoch finished: {_wait(workers, timeout=1)}")
+        time.sleep(0.1)
+    # Mid-run (epoch 1 is done, three remain) the non-chief worker is preempted.
+    workers[1][0].send_signal(signal.SIGTERM)
+    for returncode, output in _wait(workers):
+        assert returncode == 130 and "preempted" in output, output
+    saved = _saved_step(model_dir)
+    assert STEPS_PER_EPOCH < saved < epochs * STEPS_PER_EPOCH
+    assert not (model_dir / "saved_model").exists()
+    assert not (model_dir / ".worker-1-tmp").exists()
+
+    for returncode, output in _wait(_start_workers(model_dir, cifar_bin_dir, epochs=epochs)):
+        assert returncode == 0, output
+        assert f"Resumed from {model_dir / 'checkpoints' / f'ckpt-{saved}'}" in output
+    assert _epochs_logged(model_dir) == list(range(1, epochs + 1))
+    assert _saved_step(model_dir) == epochs * STEPS_PER_EPOCH

@@ -16,14 +16,20 @@ A run leaves in ``model_dir``: ``config.json``, ``metrics.jsonl`` (one object pe
 Rerunning with the same ``model_dir`` resumes from the latest checkpoint, including mid-epoch:
 the data order is a deterministic function of (seed, epoch), so the resumed run skips the
 batches that were already trained on.
+
+Under ``multi_worker`` only the chief writes ``model_dir``; every worker restores from it.
+A SIGTERM on any worker makes all of them checkpoint after the same step and exit
+(``tf.distribute.experimental.PreemptionCheckpointHandler``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -81,7 +87,7 @@ class TrainConfig:
     posterior: str = "reparameterization"
     alpha: float = 1.0
     sigma_0: float = 0.05
-    init_s: float = 0.05
+    init_s: float = 0.01
     noise_init: float = 0.2
     noise_inner: float = 0.1
     train_eps: float = 8.0 / 255.0
@@ -369,9 +375,18 @@ class Trainer:
                 train_accuracy=self.train_accuracy,
                 train_kl=self.train_kl,
             )
+        self.checkpoint_dir = os.path.join(config.model_dir, CHECKPOINT_DIRNAME)
+        # Under multi_worker every worker takes part in each checkpoint save and export (they
+        # run collectives, e.g. to reduce sync-on-read variables), but only the chief writes
+        # into model_dir: the others write into a scratch directory that they then delete.
+        self.is_chief = self.strategy.extended.should_checkpoint
+        self._write_dir = config.model_dir
+        if not self.is_chief:
+            task_id = self.strategy.cluster_resolver.task_id
+            self._write_dir = os.path.join(config.model_dir, f".worker-{task_id}-tmp")
         self.checkpoint_manager = tf.train.CheckpointManager(
             self.checkpoint,
-            os.path.join(config.model_dir, CHECKPOINT_DIRNAME),
+            os.path.join(self._write_dir, CHECKPOINT_DIRNAME),
             max_to_keep=config.keep_checkpoints,
         )
         self._train_step = self._make_train_step()
@@ -508,14 +523,42 @@ class Trainer:
 
     def restore(self) -> bool:
         """Restores the latest checkpoint of ``model_dir``; returns whether one was found."""
-        path = self.checkpoint_manager.latest_checkpoint
+        path = tf.train.latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
         self.checkpoint.restore(path).assert_existing_objects_matched()
         return True
 
     def save(self) -> str:
-        return self.checkpoint_manager.save(checkpoint_number=self.optimizer.iterations)
+        """Saves a checkpoint; returns its path. Under multi_worker all workers must call it
+        (the paths of the workers other than the chief are already deleted)."""
+        path = self.checkpoint_manager.save(checkpoint_number=self.optimizer.iterations)
+        self._discard_scratch()
+        return path
+
+    def _discard_scratch(self) -> None:
+        if not self.is_chief:
+            shutil.rmtree(self._write_dir, ignore_errors=True)
+
+    def _preemption_handler(self):
+        """A handler that, on a SIGTERM to any worker, saves on all workers after the same
+        step (through ``save``) and then raises KeyboardInterrupt, as ``_StopRequested`` does.
+        """
+
+        def stop():
+            raise KeyboardInterrupt(
+                "preempted; saved a checkpoint. Rerun the same command on every worker to resume."
+            )
+
+        return tf.distribute.experimental.PreemptionCheckpointHandler(
+            self.strategy.cluster_resolver,
+            # Read-only here: the handler restores from it when created, so all workers start
+            # from the chief's checkpoint with the same step count, and saves through save_fn.
+            tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir, max_to_keep=None),
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=stop, save_fn=self.save
+            ),
+        )
 
     def fit(self, verbose: bool = True, export: bool = True) -> dict:
         """Trains to ``config.epochs``, resuming from ``model_dir``; returns the last metrics.
@@ -525,29 +568,38 @@ class Trainer:
         """
         config = self.config
         os.makedirs(config.model_dir, exist_ok=True)
-        _check_or_write_config(config)
-        write_text_atomically(
-            os.path.join(config.model_dir, MODEL_SPEC_FILENAME),
-            json.dumps(
-                {
-                    "num_classes": self.data.spec.num_classes,
-                    "image_shape": list(self.data.spec.image_shape),
-                    "class_names": list(self.data.spec.class_names),
-                },
-                indent=2,
+        _check_or_write_config(config, write=self.is_chief)
+        if self.is_chief:
+            write_text_atomically(
+                os.path.join(config.model_dir, MODEL_SPEC_FILENAME),
+                json.dumps(
+                    {
+                        "num_classes": self.data.spec.num_classes,
+                        "image_shape": list(self.data.spec.image_shape),
+                        "class_names": list(self.data.spec.class_names),
+                    },
+                    indent=2,
+                )
+                + "\n",
             )
-            + "\n",
-        )
         resumed = self.restore()
         if resumed and verbose:
             print(
-                f"Resumed from {self.checkpoint_manager.latest_checkpoint} at epoch "
+                f"Resumed from {tf.train.latest_checkpoint(self.checkpoint_dir)} at epoch "
                 f"{int(self.epoch.numpy()) + 1}, step {int(self.step_in_epoch.numpy())}",
                 flush=True,
             )
-        writer = tf.summary.create_file_writer(os.path.join(config.model_dir, TENSORBOARD_DIRNAME))
+        if self.is_chief:
+            writer = tf.summary.create_file_writer(
+                os.path.join(config.model_dir, TENSORBOARD_DIRNAME)
+            )
+        else:
+            writer = tf.summary.create_noop_writer()
+        # Under multi_worker a stop must happen on every worker after the same step: the
+        # preemption handler arranges that, and handles SIGTERM itself.
+        preemption = self._preemption_handler() if config.strategy == "multi_worker" else None
         last = {}
-        with _StopRequested() as stop:
+        with _StopRequested() if preemption is None else contextlib.nullcontext() as stop:
             while int(self.epoch.numpy()) < config.epochs:
                 epoch = int(self.epoch.numpy())
                 start_step = int(self.step_in_epoch.numpy())
@@ -572,7 +624,9 @@ class Trainer:
                             ("kl", float(self.train_kl.result())),
                         ],
                     )
-                    if stop:
+                    if preemption is not None:
+                        preemption.save_checkpoint_if_preempted()
+                    elif stop:
                         path = self.save()
                         raise KeyboardInterrupt(
                             f"stopped by signal {stop.signal_number}; saved {path}. "
@@ -600,7 +654,8 @@ class Trainer:
                 self.epoch.assign(epoch + 1)
                 self.step_in_epoch.assign(0)
                 self.save()
-                _append_metrics(config.model_dir, last)
+                if self.is_chief:
+                    _append_metrics(config.model_dir, last)
                 with writer.as_default(step=epoch + 1):
                     for key, value in last.items():
                         if key != "epoch":
@@ -609,18 +664,30 @@ class Trainer:
                     print(_format_metrics(last), flush=True)
         if export:
             self.export()
+        if preemption is not None:
+            # The chief hosts the cluster's coordination service, so no worker may exit while
+            # another is still working (e.g. exporting): an all-reduce is the barrier.
+            @tf.function
+            def barrier():
+                ones = self.strategy.run(tf.ones, args=([],))
+                return self.strategy.reduce("SUM", ones, axis=None)
+
+            barrier()
         return last
 
     def export(self) -> str:
+        """Exports the SavedModel; returns its path. Under multi_worker all workers call it."""
         num_samples = (
             self.config.export_num_samples if models.is_stochastic(self.config.defense) else 1
         )
-        return export.export_saved_model(
+        path = export.export_saved_model(
             self.model,
-            os.path.join(self.config.model_dir, export.SAVED_MODEL_DIRNAME),
+            os.path.join(self._write_dir, export.SAVED_MODEL_DIRNAME),
             num_samples=num_samples,
             image_shape=tuple(self.data.spec.image_shape),
         )
+        self._discard_scratch()
+        return path
 
 
 def _summary_name(key: str) -> str:
@@ -636,8 +703,9 @@ def _format_metrics(metrics: dict) -> str:
     return "  ".join(parts)
 
 
-def _check_or_write_config(config: TrainConfig) -> None:
-    """Writes config.json, or checks that a resumed run matches the one in model_dir."""
+def _check_or_write_config(config: TrainConfig, write: bool = True) -> None:
+    """Checks that a resumed run matches the config.json in model_dir, then writes it if
+    ``write`` (multi_worker: only the chief writes)."""
     path = os.path.join(config.model_dir, CONFIG_FILENAME)
     if os.path.exists(path):
         with open(path) as f:
@@ -657,7 +725,8 @@ def _check_or_write_config(config: TrainConfig) -> None:
                 f"model_dir {config.model_dir} holds a run with a different configuration "
                 f"({details}); use a new --model_dir or the original flags"
             )
-    write_text_atomically(path, config.to_json() + "\n")
+    if write:
+        write_text_atomically(path, config.to_json() + "\n")
 
 
 def _append_metrics(model_dir: str, metrics: dict) -> None:
