@@ -19,10 +19,10 @@ DATA_FLAG=()
 [ -n "$DATA_DIR" ] && DATA_FLAG=(--data_dir="$DATA_DIR")
 export TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=2
 "$VENV/bin/python" -m trainers.main --dataset=cifar10 "${DATA_FLAG[@]}" \
-  --defense=adv_bnn --model=vgg16 --width_multiplier=0.125 --epochs=2 \
-  --max_train_examples=1024 --max_test_examples=256 --batch_size=64 \
-  --alpha=0.1 --eval_num_samples=4 --model_dir="$MODEL_DIR"
+  --defense=adv_bnn --model=vgg16 --width_multiplier=0.25 --epochs=3 \
+  --max_train_examples=2048 --max_test_examples=256 --batch_size=64 \
+  --alpha=0.02 --eval_num_samples=4 --model_dir="$MODEL_DIR"
 "$VENV/bin/python" -m trainers.evaluate --model_dir="$MODEL_DIR" "${DATA_FLAG[@]}" \
-  --eps_grid=0,0.015,0.035 --pgd_steps=10 --num_samples=4 --max_examples=128 \
+  --eps_grid=0,0.015,0.035 --pgd_steps=10 --num_samples=4 --max_examples=128 --check_examples=128 \
   --output="$MODEL_DIR/eval.json" --plot="$MODEL_DIR/eval.png"
 echo "Demo finished: see $MODEL_DIR (metrics.jsonl, eval.json, eval.png, saved_model/)."
