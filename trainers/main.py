@@ -119,8 +119,6 @@ def config_from_flags(**overrides):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tfp_advbnn import training
-
     # TensorFlow's checkpoint and export INFO lines would drown the per-epoch metrics.
     logging.set_verbosity(logging.WARNING)
     model_dir = FLAGS.model_dir or os.path.join(
@@ -133,6 +131,13 @@ def main(argv):
         keep_checkpoints=FLAGS.keep_checkpoints,
         validation_examples=FLAGS.validation_examples,
     )
+    return run_training(config)
+
+
+def run_training(config) -> int:
+    """Trains ``config`` (resuming its model_dir) and returns the process exit code."""
+    from tfp_advbnn import training
+
     try:
         metrics = training.train(config)
     except KeyboardInterrupt as interrupt:

@@ -33,7 +33,7 @@ import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from trainers.main import config_from_flags, define_training_flags  # noqa: E402
+from trainers.main import config_from_flags, define_training_flags, run_training  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -153,7 +153,7 @@ def search_config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tfp_advbnn import training, tuning
+    from tfp_advbnn import tuning
 
     # TensorFlow's checkpoint INFO lines would drown the trial results.
     logging.set_verbosity(logging.WARNING)
@@ -185,13 +185,7 @@ def main(argv):
         model_dir=FLAGS.model_dir or os.path.join(search.tuner_dir, "best"),
         export_num_samples=FLAGS.export_num_samples,
     )
-    try:
-        metrics = training.train(config)
-    except KeyboardInterrupt as interrupt:
-        print(f"Interrupted: {interrupt}", file=sys.stderr)
-        return 130
-    print(f"Done. SavedModel at {os.path.join(config.model_dir, 'saved_model')}: {metrics}")
-    return 0
+    return run_training(config)
 
 
 if __name__ == "__main__":
