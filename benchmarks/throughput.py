@@ -42,6 +42,14 @@ flags.DEFINE_string("strategy", "default", "Distribution strategy.")
 flags.DEFINE_string("precision", "float32", "float32 | mixed_float16 | mixed_bfloat16.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_string("output", "benchmarks/throughput.json", "JSON output path.")
+flags.DEFINE_bool(
+    "scaling",
+    False,
+    "Also time the train step on 1 replica and on 2 (MirroredStrategy), as a scaling table.",
+)
+flags.DEFINE_integer(
+    "logical_cpus", 0, "Split the CPU into this many logical devices (for --scaling without GPUs)."
+)
 
 
 def forward_flops(model) -> float:
@@ -104,9 +112,7 @@ def time_steps(step, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main(argv):
-    del argv
-    ceiling = matmul_gflops()
+def make_trainer(strategy: str, synthetic):
     config = training.TrainConfig(
         model_dir="/tmp/throughput-unused",
         model=FLAGS.model,
@@ -115,18 +121,46 @@ def main(argv):
         batch_size=FLAGS.batch_size,
         train_pgd_steps=FLAGS.train_pgd_steps,
         eval_num_samples=FLAGS.eval_num_samples,
-        strategy=FLAGS.strategy,
+        strategy=strategy,
         precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile,
         epochs=1,
     )
-    synthetic = _SyntheticData(FLAGS.batch_size * 4, FLAGS.image_size)
     trainer = training.Trainer(config, image_data=synthetic)
     iterator = trainer._train_iterator(epoch=0, skip=0)
 
     def train_step():
         trainer._train_step(iterator)
         float(trainer.train_loss.result())
+
+    return trainer, train_step
+
+
+def scaling_rows(synthetic) -> list[dict]:
+    """Train-step images/s on 1 replica and on every device (MirroredStrategy)."""
+    rows = []
+    for strategy in ("default", "mirrored"):
+        trainer, step = make_trainer(strategy, synthetic)
+        seconds = time_steps(step, FLAGS.repeats)
+        rows.append(
+            {
+                "replicas": trainer.strategy.num_replicas_in_sync,
+                "images_per_second": FLAGS.batch_size / seconds,
+            }
+        )
+    return rows
+
+
+def main(argv):
+    del argv
+    if FLAGS.logical_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.logical_cpus
+        )
+    ceiling = matmul_gflops()
+    synthetic = _SyntheticData(FLAGS.batch_size * 4, FLAGS.image_size)
+    trainer, train_step = make_trainer(FLAGS.strategy, synthetic)
 
     images = tf.constant(synthetic.images[: FLAGS.batch_size])
     labels = tf.constant(synthetic.labels[: FLAGS.batch_size])
@@ -204,6 +238,13 @@ def main(argv):
             f"{row['gflops_per_image']:>10.2f} {row['achieved_gflops']:>9.1f} "
             f"{row['arithmetic_limit_images_per_second']:>12.2f}"
         )
+    if FLAGS.scaling:
+        result["scaling"] = scaling_rows(synthetic)
+        print(f"\nscaling (train step, global batch {FLAGS.batch_size})")
+        print(f"{'replicas':>8} {'img/s':>8} {'speed-up':>9}")
+        for row in result["scaling"]:
+            speedup = row["images_per_second"] / result["scaling"][0]["images_per_second"]
+            print(f"{row['replicas']:>8} {row['images_per_second']:>8.2f} {speedup:>9.2f}")
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     training.write_text_atomically(FLAGS.output, json.dumps(result, indent=2) + "\n")
     print(f"wrote {FLAGS.output}")
