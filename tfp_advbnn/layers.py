@@ -166,8 +166,9 @@ def _next_seed(generator):
 class _BayesianTFPLayer(tf_keras.layers.Layer):
     """Shared machinery for the Bayesian conv and dense layers.
 
-    Wraps a TFP variational layer (created by ``_make_tfp_layer``) whose posterior, prior,
-    divergence and posterior-sampling callables are the methods below.
+    Wraps a TFP variational layer, created by the subclass's ``_make_tfp_layer(**kwargs)``,
+    whose posterior, prior and posterior-sampling callables are the methods below; the KL is a
+    callable loss of this layer (``_add_kl_losses``).
     """
 
     def __init__(self, *, use_bias, sigma_0, init_s, posterior, seed, **kwargs):
@@ -202,9 +203,6 @@ class _BayesianTFPLayer(tf_keras.layers.Layer):
             name=posterior,
             **bias_fns,
         )
-
-    def _make_tfp_layer(self, **kwargs):
-        raise NotImplementedError
 
     def _posterior_fn(self, dtype, shape, name, trainable, add_variable_fn):
         """N(mu, exp(s)^2) per element; mu ~ U(+-1/sqrt(fan_in)), s = log(init_s)."""
