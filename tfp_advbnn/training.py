@@ -445,6 +445,8 @@ class Trainer:
 
     def _make_eval_step(self):
         config = self.config
+        # Draws of a deterministic model are identical: one is the whole ensemble.
+        num_samples = config.eval_num_samples if models.is_stochastic(config.defense) else 1
 
         def step_fn(images, labels, robust):
             predict = self._attack_fn()
@@ -459,9 +461,7 @@ class Trainer:
                     step_size=2.5 * config.train_eps / config.eval_pgd_steps,
                     num_steps=config.eval_pgd_steps,
                 )
-            metric.update_state(
-                labels, models.ensemble_probabilities(predict, images, config.eval_num_samples)
-            )
+            metric.update_state(labels, models.ensemble_probabilities(predict, images, num_samples))
 
         @tf.function
         def clean_step(batch):
