@@ -206,6 +206,66 @@ def test_apgd_step_halving_converges_to_an_interior_maximum(norm, eps):
     assert np.all(_l2(x_pgd.numpy() - peak) > 0.5 * start_dist)
 
 
+def _noisy_margin_model(noise_std, seed):
+    """Two classes; the class-1 logit is the image mean scaled by 20, plus fresh noise per call.
+
+    Without noise an image of mean m is class 1 when m > 0 and its class-0 cross-entropy grows
+    with m. The noise is independent of x, so gradients are exact but single-draw losses and
+    single-draw predictions are noisy.
+    """
+    generator = tf.random.Generator.from_seed(seed)
+
+    def model_fn(x):
+        signal = 20.0 * tf.reduce_mean(x, axis=[1, 2, 3]) - 10.0
+        noise = noise_std * generator.normal(tf.shape(signal))
+        return tf.stack([tf.zeros_like(signal), signal + noise], axis=1)
+
+    return model_fn
+
+
+def test_ensemble_pick_prefers_what_fools_the_ensemble_over_single_draw_luck():
+    # Three candidates per example with noise-free margins -1 (robust), +0.5 (fools the
+    # ensemble) and -0.2 (robust, higher loss than the first); in random order per example.
+    # Single draws with noise std 3 flip about 40% of predictions, but 400 draws must pick the
+    # +0.5 candidate every time, and among robust ones the higher-loss one.
+    model_fn = _noisy_margin_model(noise_std=3.0, seed=3)
+    rng = np.random.default_rng(0)
+    margins = np.array([-1.0, 0.5, -0.2], np.float32)
+    order = np.stack([rng.permutation(3) for _ in range(12)])
+    candidates = [
+        np.broadcast_to(((margins[order[:, k]] + 10.0) / 20.0)[:, None, None, None], (12, 2, 2, 3))
+        for k in range(3)
+    ]
+    labels = np.zeros(12, np.int32)
+
+    def picked_margin(cands):
+        x = attacks._ensemble_pick(model_fn, [tf.constant(c) for c in cands], labels, 400)
+        return 20.0 * np.mean(x.numpy(), axis=(1, 2, 3)) - 10.0
+
+    np.testing.assert_allclose(picked_margin(candidates), 0.5, atol=1e-4)
+    np.testing.assert_allclose(
+        picked_margin([np.where(np.isclose(c, 0.525), 0.45, c) for c in candidates]),
+        -0.2,
+        atol=1e-4,
+    )
+
+
+def test_apgd_ensemble_selection_costs_three_candidates_per_draw():
+    model_fn, calls, _ = _counting_model()
+    images = np.random.default_rng(2).uniform(size=(4, 4, 4, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0], np.int32)
+    batch_sizes = []
+
+    def recording_fn(x):
+        batch_sizes.append(x.shape[0])
+        return model_fn(x)
+
+    attacks.apgd(recording_fn, images, labels, eps=0.1, num_steps=5, selection_samples=7)
+    # 6 attack calls on the batch, then 7 ensemble draws on the 3 stacked candidates.
+    assert int(calls.numpy()) == 6 + 7
+    assert batch_sizes[-7:] == [12] * 7
+
+
 def test_apgd_checkpoints_follow_croce_hein_schedule():
     # p_j = 0, .22, .41, .57, .70, .80, .87, .93, .99, 1.05 (spacing shrinks by .03 down to .06).
     assert attacks.apgd_checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
@@ -563,6 +623,7 @@ def _call(attack, **overrides):
         ("apgd", {"norm": "inf"}, "'inf'"),
         ("apgd", {"rho": 1.5}, "1.5"),
         ("apgd", {"num_eot_samples": 0}, "0"),
+        ("apgd", {"selection_samples": -1}, "-1"),
         ("cw_l2", {"c": -2.0}, "-2.0"),
         ("cw_l2", {"learning_rate": 0.0}, "0.0"),
         ("cw_l2", {"kappa": -1.0}, "-1.0"),

@@ -183,6 +183,26 @@ def test_sweep_on_a_trained_model(trained, fit_set):
     json.dumps(report, allow_nan=False)
 
 
+@pytest.mark.parametrize("defense, calls_per_score", [("plain", 1), ("adv_bnn", 5)])
+def test_deterministic_models_are_scored_with_one_call(fit_set, defense, calls_per_score):
+    # Every draw of a deterministic model is the same, so its ensemble of 5 is one call; a
+    # stochastic model's is 5. Calls: 2 (the stochasticity probe), then per batch the clean
+    # score and, per eps, pgd_steps attack calls (one per step) and the score.
+    model_fn = _tiny_fn(defense)
+    calls = tf.Variable(0)
+
+    def counting_fn(x):
+        calls.assign_add(1)
+        return model_fn(x)
+
+    images, labels = fit_set
+    config = _config(eps_grid=(0.0, 0.02), pgd_steps=3, num_samples=5, batch_size=32)
+    evaluation.run_sweep(counting_fn, images[:32], labels[:32], config)
+    attack_calls = 3
+    # The eps-0 "attack" runs too: PGD projects onto the radius-0 ball.
+    assert int(calls.numpy()) == 2 + calls_per_score + 2 * (attack_calls + calls_per_score)
+
+
 def test_random_restarts_never_increase_accuracy(trained, fit_set):
     images, labels = fit_set
     config = _config(eps_grid=(0.01, 0.03), num_samples=1, max_examples=32)

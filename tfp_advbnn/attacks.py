@@ -515,6 +515,7 @@ def apgd(
     num_steps,
     norm="linf",
     num_eot_samples=1,
+    selection_samples=0,
     rho=0.75,
     seed=None,
 ):
@@ -531,6 +532,15 @@ def apgd(
     average ``num_eot_samples`` ``model_fn`` calls (independent weight draws), so there are
     ``(num_steps + 1) * num_eot_samples`` calls.
 
+    On a stochastic model the in-loop statistics come from only ``num_eot_samples`` draws, so the
+    "misclassified" iterate may have fooled one lucky draw and the "highest-loss" iterate may be
+    a noise peak. With ``selection_samples > 0``, the returned point is instead chosen per example
+    among three candidates (the last misclassified iterate, the highest-loss iterate and the
+    final iterate) by an ensemble of ``selection_samples`` fresh draws: a candidate the ensemble
+    misclassifies wins, ties going to the higher ensemble loss. That costs
+    ``3 * selection_samples`` forward passes. Leave it 0 for a deterministic model, where the
+    in-loop statistics are exact.
+
     Args:
       model_fn: callable, float32 images [B, H, W, 3] in [0, 1] -> float32 logits [B, C].
       images: float32 [B, H, W, 3] in [0, 1].
@@ -539,17 +549,21 @@ def apgd(
       num_steps: Python int ``>= 0``, iterations after the random start.
       norm: ``"linf"`` or ``"l2"``.
       num_eot_samples: Python int ``>= 1``, model calls averaged per step.
+      selection_samples: Python int ``>= 0``, ensemble draws that pick the returned candidate
+        (0: the in-loop choice below).
       rho: fraction in ``[0, 1]`` for condition (1).
       seed: ``None`` (fresh random start) or int / int tensor of shape [2] (reproducible start).
 
     Returns:
-      float32 tensor like ``images`` within the eps-ball and [0, 1]: per example, the most recent
-      iterate that was misclassified (by the mean probabilities of that step's draws) if any,
-      else the iterate with the highest loss (as the reference implementation's ``x_best_adv``).
+      float32 tensor like ``images`` within the eps-ball and [0, 1]. With ``selection_samples``
+      0: per example, the most recent iterate that was misclassified (by the mean probabilities
+      of that step's draws) if any, else the iterate with the highest loss (as the reference
+      implementation's ``x_best_adv``); otherwise the ensemble's pick described above.
     """
     threat = make_threat(norm, eps)
     num_steps = _count("num_steps", num_steps, minimum=0)
     num_eot_samples = _count("num_eot_samples", num_eot_samples, minimum=1)
+    selection_samples = _count("selection_samples", selection_samples, minimum=0)
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be a number in [0, 1], got {rho!r}")
     seed = _seed_pair(seed)
@@ -639,4 +653,46 @@ def apgd(
     final = tf.while_loop(
         lambda s: s["k"] <= num_steps, lambda s: (body(s),), (state,), parallel_iterations=1
     )[0]
-    return tf.where(per_example(final["fooled"]), final["x_fooled"], final["x_max"])
+    if selection_samples == 0:
+        return tf.where(per_example(final["fooled"]), final["x_fooled"], final["x_max"])
+    return _ensemble_pick(
+        model_fn, [final["x_fooled"], final["x_max"], final["x"]], labels, selection_samples
+    )
+
+
+def _ensemble_pick(model_fn, candidates, labels, num_draws):
+    """Per example, the candidate an ensemble of ``num_draws`` draws finds most adversarial.
+
+    Args:
+      candidates: list of K float32 tensors [B, ...], alternative adversarial images.
+      labels: int32 [B].
+
+    Returns:
+      float32 [B, ...]: for each example, a candidate whose mean probabilities over the draws
+      misclassify it if one does, the one with the highest ensemble cross-entropy
+      ``-log mean_draws p(label)`` among those; else the highest-loss candidate.
+    """
+    num = len(candidates)
+    # One batch of all candidates: each draw scores them all, and the graph holds one call site.
+    x = tf.concat(candidates, axis=0)
+    tiled_labels = tf.tile(labels, [num])
+
+    def probabilities():
+        return tf.nn.softmax(tf.cast(model_fn(x), tf.float32))
+
+    probs_sum = tf.while_loop(
+        lambda i, _: i < num_draws,
+        lambda i, total: (i + 1, total + probabilities()),
+        (tf.constant(1), probabilities()),
+        parallel_iterations=1,
+    )[1]
+    probs = probs_sum / float(num_draws)
+    true_prob = tf.gather(probs, tiled_labels, axis=1, batch_dims=1)
+    loss = -tf.math.log(tf.maximum(true_prob, 1e-12))
+    fooled = tf.argmax(probs, axis=1, output_type=tf.int32) != tiled_labels
+    # Misclassification dominates: the loss is at most -log(1e-12) < 28.
+    score = loss + tf.where(fooled, 100.0, 0.0)
+    scores = tf.transpose(tf.reshape(score, [num, -1]))
+    best = tf.argmax(scores, axis=1, output_type=tf.int32)
+    stacked = tf.stack(candidates, axis=1)
+    return tf.gather(stacked, best, axis=1, batch_dims=1)

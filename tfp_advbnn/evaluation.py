@@ -211,6 +211,7 @@ class _AttackSpec:
     num_eot_samples: int
     step_size: float | None
     cw_c: float
+    selection_samples: int
 
     @classmethod
     def of(cls, config: EvalConfig, **overrides) -> _AttackSpec:
@@ -220,6 +221,7 @@ class _AttackSpec:
             num_eot_samples=config.num_eot_samples,
             step_size=config.pgd_step_size,
             cw_c=config.cw_c,
+            selection_samples=config.num_samples,
         )
         values.update(overrides)
         return cls(**values)
@@ -246,12 +248,22 @@ class _Evaluator:
     """Traced attack and scoring functions of one model_fn, created once and reused.
 
     Input signatures with an unknown batch size make one trace serve every batch (the last one
-    is usually smaller) and every eps.
+    is usually smaller) and every eps. A deterministic model is scored with one call whatever
+    the ensemble size asked for (every draw would be the same), and APGD's ensemble pick of its
+    returned point is skipped for it.
+
+    Args:
+      model_fn: images -> logits, one draw per call.
+      images: float32 [N, H, W, 3], the evaluated examples (the first few decide ``stochastic``).
+      stochastic: whether ``model_fn`` is random (None: found by calling it twice).
     """
 
-    def __init__(self, model_fn: Callable, image_shape: Sequence[int]):
+    def __init__(self, model_fn: Callable, images: np.ndarray, stochastic: bool | None = None):
         self.model_fn = model_fn
-        self._images = tf.TensorSpec([None, *image_shape], tf.float32)
+        if stochastic is None:
+            stochastic = is_stochastic(model_fn, images[: min(len(images), 8)])
+        self.stochastic = bool(stochastic)
+        self._images = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
         self._labels = tf.TensorSpec([None], tf.int32)
         self._scalar = tf.TensorSpec([], tf.float32)
         self._functions = {}
@@ -261,6 +273,7 @@ class _Evaluator:
         key = ("craft", spec, random_start)
         if key not in self._functions:
             model_fn = self.model_fn
+            selection_samples = spec.selection_samples if self.stochastic else 0
 
             def craft(images, labels, eps, step_size, seed):
                 if spec.attack in ("pgd_linf", "pgd_l2"):
@@ -289,6 +302,7 @@ class _Evaluator:
                         num_steps=spec.num_steps,
                         norm=spec.norm,
                         num_eot_samples=spec.num_eot_samples,
+                        selection_samples=selection_samples,
                         seed=seed,
                     )
                 return attacks.cw_l2(
@@ -302,6 +316,8 @@ class _Evaluator:
 
     def score(self, num_samples: int, norm: str, thresholded: bool):
         """tf.function (images, x_adv, labels, eps) -> (correct bool [B], distortion float [B])."""
+        if not self.stochastic:
+            num_samples = 1
         key = ("score", num_samples, norm, thresholded)
         if key not in self._functions:
             model_fn = self.model_fn
@@ -509,7 +525,13 @@ class SweepResult:
 
 
 def run_sweep(
-    model_fn: Callable, images, labels, config: EvalConfig, *, progress: bool = False
+    model_fn: Callable,
+    images,
+    labels,
+    config: EvalConfig,
+    *,
+    stochastic: bool | None = None,
+    progress: bool = False,
 ) -> SweepResult:
     """Clean and adversarial ensemble accuracy of ``model_fn`` at every eps of the config.
 
@@ -518,10 +540,11 @@ def run_sweep(
       images: float32 [N, H, W, 3] in [0, 1].
       labels: int [N] class ids.
       config: the attack and its settings.
+      stochastic: whether ``model_fn`` is random (None: found by calling it twice).
       progress: show a progress bar (on a terminal only).
     """
     images, labels = _prepare(images, labels, config)
-    evaluator = _Evaluator(model_fn, images.shape[1:])
+    evaluator = _Evaluator(model_fn, images, stochastic)
     clean = _clean_correct(
         evaluator, images, labels, num_samples=config.num_samples, batch_size=config.batch_size
     )
@@ -582,7 +605,7 @@ def sweep(
     images, labels = _prepare(images, labels, config)
     if stochastic is None:
         stochastic = is_stochastic(model_fn, images[: min(len(images), 8)])
-    result = run_sweep(model_fn, images, labels, config, progress=progress)
+    result = run_sweep(model_fn, images, labels, config, stochastic=stochastic, progress=progress)
     sweep_seconds = time.time() - started
     check_list = []
     if with_checks:
@@ -846,7 +869,7 @@ def check_nonzero_gradient(model_fn: Callable, images, labels, *, batch_size: in
       images: float32 [N, H, W, 3] in [0, 1]; labels: int [N].
     """
     images = np.asarray(images, np.float32)
-    evaluator = _Evaluator(model_fn, images.shape[1:])
+    evaluator = _Evaluator(model_fn, images)
     return _nonzero_gradient(evaluator, images, np.asarray(labels), batch_size)
 
 
@@ -934,9 +957,8 @@ def checks(
     images, labels = _prepare(images, labels, config)
     num = min(len(images), config.check_examples, result.num_examples)
     images, labels = images[:num], labels[:num]
-    evaluator = _Evaluator(model_fn, images.shape[1:])
-    if stochastic is None:
-        stochastic = is_stochastic(model_fn, images[: min(num, 8)])
+    evaluator = _Evaluator(model_fn, images, stochastic)
+    stochastic = evaluator.stochastic
     outcome_cache = {}
 
     def correct_at(spec: _AttackSpec, eps: float) -> np.ndarray:
@@ -1162,7 +1184,7 @@ def transfer(
     if eps_values is None:
         eps_values = [check_eps_of(config.eps_grid) or 0.0]
     eps_values = check_eps_values("eps_values", list(eps_values))
-    evaluators = [_Evaluator(model_fns[name], images.shape[1:]) for name in names]
+    evaluators = [_Evaluator(model_fns[name], images) for name in names]
     targets = [_Target(ev, config.num_samples) for ev in evaluators]
     clean = [
         float(
@@ -1244,7 +1266,7 @@ def ensemble_sweep(
     eps_values = check_eps_values("eps_values", list(eps_values))
     sizes = check_counts("ensemble_sizes", list(ensemble_sizes))
     images, labels = _prepare(images, labels, config)
-    evaluator = _Evaluator(model_fn, images.shape[1:])
+    evaluator = _Evaluator(model_fn, images)
     clean = [
         float(
             _clean_correct(
@@ -1302,7 +1324,7 @@ def steps_sweep(
     eps_values = check_eps_values("eps_values", list(eps_values))
     steps = check_counts("steps", list(steps))
     images, labels = _prepare(images, labels, config)
-    evaluator = _Evaluator(model_fn, images.shape[1:])
+    evaluator = _Evaluator(model_fn, images)
     accuracy = np.zeros((len(eps_values), len(steps)))
     for k, num_steps in enumerate(steps):
         correct, _ = _attack_outcomes(

@@ -17,7 +17,8 @@ holds model_dir, defense, attack, num_examples, pgd_steps, num_samples, num_eot_
 clean_accuracy, eps, accuracy, mean_distortion and checks (the gradient-masking checks of
 Carlini et al. 2019; a failed check is logged as a warning), plus the other settings and timing.
 For a stronger adaptive evaluation of a stochastic model, raise --num_eot_samples (10 or more)
-and --random_restarts, or use --attack=apgd.
+and --random_restarts, or use --attack=apgd with --num_eot_samples=10 or more (its step-size rule
+compares losses, which single draws make noisy).
 """
 
 import os
@@ -146,8 +147,14 @@ def _print_sweep(report: dict) -> None:
     if report["stochastic"] and report["num_eot_samples"] == 1:
         print(
             "  Single-draw gradients, as the paper. For an adaptive evaluation of this "
-            "stochastic model rerun with --num_eot_samples=10 (or more), --attack=apgd."
+            "stochastic model rerun with --num_eot_samples=10 (or more)."
         )
+        if report["attack"] == "apgd":
+            print(
+                "  APGD halves its step when the loss stops rising; single-draw losses of a "
+                "stochastic model are too noisy for that rule, so give APGD --num_eot_samples=10 "
+                "or more here (AutoAttack's version for randomized defenses uses 20)."
+            )
 
 
 def main(argv):
