@@ -128,7 +128,6 @@ class Study:
             f"--width_multiplier={FLAGS.width_multiplier}",
             f"--defense={defense}",
             f"--batch_size={FLAGS.batch_size}",
-            f"--init_s={FLAGS.init_s}",
             f"--seed={FLAGS.seed}",
         ]
 
@@ -179,6 +178,7 @@ class Study:
                 "trainers.main",
                 [
                     *self.training_flags(defense),
+                    f"--init_s={FLAGS.init_s}",
                     *extra,
                     f"--epochs={FLAGS.epochs}",
                     f"--model_dir={self.model_dir(defense)}",
