@@ -33,3 +33,13 @@ def cifar_py_dir():
     if not path.is_dir():
         raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see DEVELOPERS.md")
     return path
+
+
+@pytest.fixture(scope="session")
+def small_data(cifar_bin_dir):
+    """The first 64 training and 32 test images of the subset, for short training runs."""
+    from tfp_advbnn import data
+
+    return data.load_data(
+        "cifar10", data_dir=str(cifar_bin_dir), max_train_examples=64, max_test_examples=32
+    )

@@ -14,14 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
 
-from tfp_advbnn import data, layers, models, training
-
-
-@pytest.fixture(scope="module")
-def small_data(cifar_bin_dir):
-    return data.load_data(
-        "cifar10", data_dir=str(cifar_bin_dir), max_train_examples=64, max_test_examples=32
-    )
+from tfp_advbnn import layers, models, training
 
 
 def _config(model_dir, **overrides):
@@ -163,10 +156,11 @@ def test_signal_mid_epoch_saves_and_resume_loses_no_step(tmp_path, small_data):
     calls = []
 
     def step_then_signal(iterator):
-        real_step(iterator)
+        faults = real_step(iterator)
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGTERM)
+        return faults
 
     trainer._train_step = step_then_signal
     with pytest.raises(KeyboardInterrupt, match="Rerun"):

@@ -20,6 +20,20 @@ batches that were already trained on.
 Under ``multi_worker`` only the chief writes ``model_dir``; every worker restores from it.
 A SIGTERM on any worker makes all of them checkpoint after the same step and exit
 (``tf.distribute.experimental.PreemptionCheckpointHandler``).
+
+Reliability (see the README's "Reliability" section):
+
+- The checkpoint holds the weights, the optimizer, the metrics, the per-layer weight-sampling
+  generators, the position (epoch, step in epoch) and a canary step counter; the data order and
+  the PGD random starts are functions of (seed, epoch, step). With ``deterministic`` (TF op
+  determinism) a run killed at any point and rerun ends with the same bits as an uninterrupted
+  one on the same CPU machine.
+- Restoring tries the newest checkpoint first and falls back to older ones with a warning when
+  it is unreadable; a checkpoint that does not fit this run's model is an error, never a partial
+  restore.
+- A non-finite loss or gradient rolls the run back to its last checkpoint (the first one is
+  written before the first step) and retries, at most ``max_nonfinite_retries`` times; a
+  checkpoint with non-finite values is never written.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ import time
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from absl import logging
 
 from tfp_advbnn import attacks, data, export, layers, models
 
@@ -107,6 +122,8 @@ class TrainConfig:
     export_num_samples: int = 10
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
+    max_nonfinite_retries: int = 3
+    deterministic: bool = False
     seed: int = 0
     strategy: str = "default"
     precision: str = "float32"
@@ -163,6 +180,7 @@ class TrainConfig:
             "eval_pgd_steps": (self.eval_pgd_steps, 1),
             "export_num_samples": (self.export_num_samples, 1),
             "keep_checkpoints": (self.keep_checkpoints, 1),
+            "max_nonfinite_retries": (self.max_nonfinite_retries, 0),
             "eval_robust_examples": (self.eval_robust_examples, 0),
             "checkpoint_every_steps": (self.checkpoint_every_steps, 0),
             "validation_examples": (self.validation_examples, 0),
@@ -335,6 +353,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, image_data: data.ImageData | None = None):
         config.validate()
         self.config = config
+        if config.deterministic:
+            # Process-wide and irreversible: every later op must have a deterministic kernel.
+            tf.config.experimental.enable_op_determinism()
         self.strategy = build_strategy(config.strategy)
         self.data = image_data if image_data is not None else load_data_for(config)
         spec = self.data.spec
@@ -345,6 +366,13 @@ class Trainer:
             raise ValueError(
                 f"batch_size {config.batch_size} is larger than the training set "
                 f"({self.num_train} examples)"
+            )
+        # A string lives on the host only, so this one stays outside the strategy's devices.
+        with tf.device("/cpu:0"):
+            self.model_identity = tf.Variable(
+                model_identity(config, spec.num_classes, spec.image_shape),
+                trainable=False,
+                name="model_identity",
             )
         with self.strategy.scope():
             # The policy applies to the layers built under it; it is restored afterwards so
@@ -358,6 +386,9 @@ class Trainer:
             self.optimizer = make_optimizer(config, self.steps_per_epoch, self.model)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            # Incremented by the compiled step itself and saved with the weights it produced:
+            # after any kill and resume it must equal the number of steps the loop has run.
+            self.canary_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="canary")
             self.train_loss = tf_keras.metrics.Mean("train/loss")
             self.train_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("train/accuracy")
             self.train_kl = tf_keras.metrics.Mean("train/kl")
@@ -371,6 +402,8 @@ class Trainer:
                 optimizer=self.optimizer,
                 epoch=self.epoch,
                 step_in_epoch=self.step_in_epoch,
+                canary_steps=self.canary_steps,
+                model_identity=self.model_identity,
                 train_loss=self.train_loss,
                 train_accuracy=self.train_accuracy,
                 train_kl=self.train_kl,
@@ -406,6 +439,12 @@ class Trainer:
 
         def step_fn(images, labels):
             if adversarial:
+                # The random start is a function of (seed, step, replica), so it is replayed
+                # exactly after a resume.
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                step = tf.cast(self.optimizer.iterations, tf.int64)
+                offset = step * 1024 + tf.cast(replica, tf.int64)
+                seed = tf.stack([tf.constant(config.seed, tf.int64), offset])
                 images = attacks.pgd(
                     self._attack_fn(),
                     images,
@@ -414,6 +453,7 @@ class Trainer:
                     step_size=config.step_size,
                     num_steps=config.train_pgd_steps,
                     random_start=config.random_start,
+                    seed=seed,
                 )
             with tf.GradientTape() as tape:
                 logits = tf.cast(self.model(images, training=True), tf.float32)
@@ -430,16 +470,25 @@ class Trainer:
             gradients = tape.gradient(scaled, variables)
             if loss_scaled:
                 gradients = self.optimizer.get_unscaled_gradients(gradients)
+            # The loss scaler skips overflowing float16 steps by design; only a non-finite loss
+            # is a fault then. In float32 any non-finite gradient is one.
+            checked = [loss] if loss_scaled else [loss, *[g for g in gradients if g is not None]]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in checked])
+            # Applied even when non-finite: the loop then restores the last checkpoint.
             self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
             replicas = self.strategy.num_replicas_in_sync
             # `loss` is this replica's share; times the replica count it is the global value.
             self.train_loss.update_state(loss * replicas)
             self.train_kl.update_state(kl)
             self.train_accuracy.update_state(labels, logits)
+            return tf.cast(tf.logical_not(finite), tf.int32)
 
         @tf.function(jit_compile=config.jit_compile or None)
         def train_step(iterator):
-            self.strategy.run(step_fn, args=next(iterator))
+            """One global step; returns the number of replicas that saw a non-finite value."""
+            faults = self.strategy.run(step_fn, args=next(iterator))
+            self.canary_steps.assign_add(1)
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, faults, axis=None)
 
         return train_step
 
@@ -522,16 +571,60 @@ class Trainer:
         return results
 
     def restore(self) -> bool:
-        """Restores the latest checkpoint of ``model_dir``; returns whether one was found."""
-        path = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if path is None:
+        """Restores the newest readable checkpoint of ``model_dir``; returns whether there was one.
+
+        An unreadable (truncated, corrupted) checkpoint is skipped with a warning for the one
+        before it. Raises CheckpointMismatchError when no checkpoint can be restored, e.g. one
+        written by another architecture or defense: every value of the checkpoint must find
+        its variable and every variable its value.
+        """
+        paths = checkpoint_paths(self.checkpoint_dir)
+        if not paths:
             return False
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        return True
+        expected = model_identity(
+            self.config, self.data.spec.num_classes, self.data.spec.image_shape
+        )
+        failures = []
+        for path in paths:
+            try:
+                _check_identity(path, expected)
+                self.checkpoint.restore(path).assert_consumed()
+            # A damaged file surfaces as one of many error types (OpError, IndexError from a
+            # short read, ...); each is recorded and the next checkpoint tried.
+            except Exception as error:
+                failures.append(f"{path}: {_first_line(error)}")
+                continue
+            if failures:
+                logging.warning(
+                    "Skipped unreadable checkpoints (%s); resumed from %s",
+                    "; ".join(failures),
+                    path,
+                )
+            return True
+        config = self.config
+        raise CheckpointMismatchError(
+            f"no checkpoint in {self.checkpoint_dir} can be restored into this run's model "
+            f"({config.model} x{config.width_multiplier:g}, defense {config.defense}, "
+            f"posterior {config.posterior}): " + "; ".join(failures)
+        )
 
     def save(self) -> str:
         """Saves a checkpoint; returns its path. Under multi_worker all workers must call it
-        (the paths of the workers other than the chief are already deleted)."""
+        (the paths of the workers other than the chief are already deleted).
+
+        Raises FloatingPointError, writing nothing, when a weight or optimizer value is not
+        finite.
+        """
+        nonfinite = [
+            v.name
+            for v in (*self.model.variables, *self.optimizer.variables())
+            if v.dtype.is_floating and not np.all(np.isfinite(v.numpy()))
+        ]
+        if nonfinite:
+            raise FloatingPointError(
+                f"refusing to save a checkpoint with non-finite values in {nonfinite[:5]}"
+                + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")
+            )
         path = self.checkpoint_manager.save(checkpoint_number=self.optimizer.iterations)
         self._discard_scratch()
         return path
@@ -583,7 +676,10 @@ class Trainer:
                 + "\n",
             )
         resumed = self.restore()
-        if resumed and verbose:
+        if not resumed:
+            # The first rollback target of the non-finite guard.
+            self.save()
+        elif verbose:
             print(
                 f"Resumed from {tf.train.latest_checkpoint(self.checkpoint_dir)} at epoch "
                 f"{int(self.epoch.numpy()) + 1}, step {int(self.step_in_epoch.numpy())}",
@@ -599,6 +695,7 @@ class Trainer:
         # preemption handler arranges that, and handles SIGTERM itself.
         preemption = self._preemption_handler() if config.strategy == "multi_worker" else None
         last = {}
+        retries = 0
         with _StopRequested() if preemption is None else contextlib.nullcontext() as stop:
             while int(self.epoch.numpy()) < config.epochs:
                 epoch = int(self.epoch.numpy())
@@ -613,8 +710,13 @@ class Trainer:
                     verbose=1 if verbose and sys.stdout.isatty() else 0,
                 )
                 started = time.time()
+                rolled_back = False
                 for step in range(start_step, self.steps_per_epoch):
-                    self._train_step(iterator)
+                    if int(self._train_step(iterator)):
+                        retries += 1
+                        self._roll_back(epoch, step, retries)
+                        rolled_back = True
+                        break
                     self.step_in_epoch.assign(step + 1)
                     progress.update(
                         step + 1,
@@ -635,6 +737,14 @@ class Trainer:
                     every = config.checkpoint_every_steps
                     if every and (step + 1) % every == 0 and step + 1 < self.steps_per_epoch:
                         self.save()
+                if rolled_back:
+                    continue
+                expected = (epoch + 1) * self.steps_per_epoch
+                if int(self.canary_steps.numpy()) != expected:
+                    raise RuntimeError(
+                        f"step canary is {int(self.canary_steps.numpy())} after epoch {epoch + 1}, "
+                        f"expected {expected}: a step was lost or repeated"
+                    )
                 train_seconds = time.time() - started
                 last = {
                     "epoch": epoch + 1,
@@ -651,11 +761,13 @@ class Trainer:
                     ),
                 }
                 last.update(self.evaluate(config.eval_robust_examples, config.eval_split))
+                # The metrics line goes first: a kill before the save below makes the resumed
+                # run redo the end of the epoch and replace the line with the same values.
+                if self.is_chief:
+                    _write_epoch_metrics(config.model_dir, last)
                 self.epoch.assign(epoch + 1)
                 self.step_in_epoch.assign(0)
                 self.save()
-                if self.is_chief:
-                    _append_metrics(config.model_dir, last)
                 with writer.as_default(step=epoch + 1):
                     for key, value in last.items():
                         if key != "epoch":
@@ -674,6 +786,26 @@ class Trainer:
 
             barrier()
         return last
+
+    def _roll_back(self, epoch: int, step: int, retries: int) -> None:
+        """Restores the last checkpoint after a non-finite step, or stops after too many."""
+        limit = self.config.max_nonfinite_retries
+        where = f"epoch {epoch + 1}, step {step + 1}"
+        if retries > limit:
+            raise FloatingPointError(
+                f"non-finite loss or gradient at {where}, after {limit} rollbacks to the last "
+                f"checkpoint in {self.checkpoint_dir} (max_nonfinite_retries={limit}); the "
+                "checkpoints there are finite. Lower the learning rate or check the data."
+            )
+        self.restore()
+        logging.warning(
+            "Non-finite loss or gradient at %s: rolled back to epoch %d, step %d (retry %d of %d)",
+            where,
+            int(self.epoch.numpy()) + 1,
+            int(self.step_in_epoch.numpy()),
+            retries,
+            limit,
+        )
 
     def export(self) -> str:
         """Exports the SavedModel; returns its path. Under multi_worker all workers call it."""
@@ -710,7 +842,16 @@ def _check_or_write_config(config: TrainConfig, write: bool = True) -> None:
     if os.path.exists(path):
         with open(path) as f:
             existing = TrainConfig.from_json(f.read())
-        resumable = {"epochs", "model_dir", "data_dir", "checkpoint_every_steps", "strategy"}
+        resumable = {
+            "epochs",
+            "model_dir",
+            "data_dir",
+            "checkpoint_every_steps",
+            "strategy",
+            "max_nonfinite_retries",
+            "keep_checkpoints",
+            "deterministic",
+        }
         mismatched = {
             field.name: (getattr(existing, field.name), getattr(config, field.name))
             for field in dataclasses.fields(TrainConfig)
@@ -729,9 +870,60 @@ def _check_or_write_config(config: TrainConfig, write: bool = True) -> None:
         write_text_atomically(path, config.to_json() + "\n")
 
 
-def _append_metrics(model_dir: str, metrics: dict) -> None:
-    with open(os.path.join(model_dir, METRICS_FILENAME), "a") as f:
-        f.write(json.dumps(metrics, sort_keys=True) + "\n")
+def _write_epoch_metrics(model_dir: str, metrics: dict) -> None:
+    """Records one epoch in metrics.jsonl (atomically), replacing any earlier line of it or of
+    a later epoch (left by a run that was rolled back or killed before its checkpoint)."""
+    path = os.path.join(model_dir, METRICS_FILENAME)
+    lines = []
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) < metrics["epoch"]]
+    kept.append(json.dumps(metrics, sort_keys=True) + "\n")
+    write_text_atomically(path, "".join(kept))
+
+
+class CheckpointMismatchError(ValueError):
+    """No checkpoint of a model_dir fits the model of the run restoring it."""
+
+
+def checkpoint_paths(directory: str) -> list[str]:
+    """The checkpoints recorded in ``directory``'s state file, newest first."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    return list(reversed(state.all_model_checkpoint_paths))
+
+
+def model_identity(config: TrainConfig, num_classes: int, image_shape) -> str:
+    """What a checkpoint's variables are shaped by, as JSON; saved in every checkpoint."""
+    return json.dumps(
+        {
+            "model": config.model,
+            "width_multiplier": config.width_multiplier,
+            "defense": config.defense,
+            "posterior": config.posterior,
+            "num_classes": int(num_classes),
+            "image_shape": [int(d) for d in image_shape],
+        },
+        sort_keys=True,
+    )
+
+
+def _check_identity(path: str, expected: str) -> None:
+    """Raises ValueError when the checkpoint at ``path`` records another model identity."""
+    reader = tf.train.load_checkpoint(path)
+    key = "model_identity/.ATTRIBUTES/VARIABLE_VALUE"
+    if reader.has_tensor(key):
+        found = reader.get_tensor(key)
+        found = found.decode() if isinstance(found, bytes) else str(found)
+        if found != expected:
+            raise ValueError(f"it was written by the model {found}, this run builds {expected}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -783,8 +975,20 @@ def restore_model(model_dir: str):
     path = tf.train.latest_checkpoint(directory)
     if path is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.expect_partial().assert_existing_objects_matched()
+    try:
+        _check_identity(
+            path, model_identity(config, model_spec["num_classes"], model_spec["image_shape"])
+        )
+        # Partial on purpose (the optimizer and metrics stay unread), but every model
+        # variable must be found in the checkpoint.
+        status = tf.train.Checkpoint(model=model).restore(path)
+        status.expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit the model of {model_dir}/{CONFIG_FILENAME} "
+            f"({config.model} x{config.width_multiplier:g}, defense {config.defense}): "
+            f"{_first_line(error)}"
+        ) from None
     return model, config, model_spec
 
 

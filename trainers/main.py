@@ -67,6 +67,16 @@ def define_training_flags() -> None:
     flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "Distribution strategy.")
     flags.DEFINE_enum("precision", "float32", list(training.PRECISIONS), "Compute precision.")
     flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+    flags.DEFINE_bool(
+        "deterministic",
+        False,
+        "TF op determinism: a resumed run matches an uninterrupted one bit for bit (same machine).",
+    )
+    flags.DEFINE_integer(
+        "max_nonfinite_retries",
+        3,
+        "Rollbacks to the last checkpoint after a non-finite loss or gradient before stopping.",
+    )
 
 
 def config_from_flags(**overrides):
@@ -106,6 +116,8 @@ def config_from_flags(**overrides):
         strategy=FLAGS.strategy,
         precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile,
+        deterministic=FLAGS.deterministic,
+        max_nonfinite_retries=FLAGS.max_nonfinite_retries,
     )
     values.update(overrides)
     config = training.TrainConfig(**values)
