@@ -52,6 +52,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     rows = []
     for defense in FLAGS.defenses:
+        recipe = training.recipe_defaults("cifar10", defense)
         config = training.TrainConfig(
             model_dir=os.path.join(FLAGS.work_dir, defense),
             dataset="cifar10",
@@ -66,6 +67,9 @@ def main(argv):
             batch_size=FLAGS.batch_size,
             eval_num_samples=FLAGS.num_samples,
             seed=FLAGS.seed,
+            optimizer=recipe["optimizer"],
+            learning_rate=recipe["learning_rate"],
+            weight_decay=recipe["weight_decay"],
         )
         started = time.time()
         trainer = training.Trainer(config)

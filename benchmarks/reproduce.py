@@ -173,12 +173,12 @@ class Study:
     def train(self) -> None:
         alpha = self.chosen_alpha()
         for defense in DEFENSES:
-            extra = [f"--alpha={alpha}"] if defense in ("bnn", "adv_bnn") else []
+            bayesian = defense in ("bnn", "adv_bnn")
+            extra = [f"--alpha={alpha}", f"--init_s={FLAGS.init_s}"] if bayesian else []
             self.run(
                 "trainers.main",
                 [
                     *self.training_flags(defense),
-                    f"--init_s={FLAGS.init_s}",
                     *extra,
                     f"--epochs={FLAGS.epochs}",
                     f"--model_dir={self.model_dir(defense)}",

@@ -7,12 +7,14 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from tfp_advbnn import attacks, models
 from tfp_advbnn.layers import (
     BayesBatchNormalization,
     BayesConv2D,
     BayesDense,
     RandomNoise,
     model_kl,
+    standard_normal,
 )
 
 SIGMA_0 = 0.15
@@ -359,3 +361,167 @@ def test_standard_normal_is_standard_normal_and_seeded(shape):
     if draw.size > 1000:
         assert stats.kstest(draw.ravel(), "norm").pvalue > 1e-3
         assert abs(draw.mean()) < 0.01 and abs(draw.std() - 1.0) < 0.01
+
+
+def _set_log_std(layer, role, values):
+    """Sets the posterior log std of ``role`` ("kernel", "bias", "gamma", "beta")."""
+    _, s = layer.posterior_parameters[role]
+    s.assign(np.broadcast_to(values, s.shape).astype(np.float32))
+
+
+def _fix_at_zero(layer, role):
+    """Makes ``role`` exactly 0 in every draw: mean 0, log std -30."""
+    mu, _ = layer.posterior_parameters[role]
+    mu.assign(tf.zeros_like(mu))
+    _set_log_std(layer, role, -30.0)
+
+
+def _conv_kernel_draws(layer, num_draws):
+    """[num_draws, kh, kw, c_in, c_out] kernels, each read from one call on unit impulses."""
+    kh, kw = layer.kernel_size
+    c_in = int(layer.posterior_parameters["kernel"][0].shape[2])
+    # One impulse image per (row, col, channel) of a kh x kw x c_in "valid" patch: the single
+    # output pixel of impulse (i, j, c) is kernel[i, j, c, :] + bias.
+    impulses = np.eye(kh * kw * c_in, dtype=np.float32).reshape(-1, kh, kw, c_in)
+    call = tf.function(lambda: layer(tf.constant(impulses)))
+    draws = [call().numpy().reshape(kh, kw, c_in, -1) for _ in range(num_draws)]
+    return np.stack(draws)
+
+
+def _dense_kernel_draws(layer, num_draws):
+    """[num_draws, d_in, units] kernels from calls on one-hot rows (the bias has no noise)."""
+    d_in = int(layer.posterior_parameters["kernel"][0].shape[0])
+    call = tf.function(lambda: layer(tf.eye(d_in)))
+    return np.stack([call().numpy() for _ in range(num_draws)])
+
+
+def _bn_draws(layer, role, num_draws):
+    """[num_draws, channels] draws of gamma (output at x = 1 minus x = 0) or beta (at x = 0)."""
+    x = tf.constant([[[[0.0] * 4]], [[[1.0] * 4]]])
+    call = tf.function(lambda: layer(x, training=False))
+    draws = []
+    for _ in range(num_draws):
+        out = call().numpy().reshape(2, -1)
+        # Moving mean 0 and variance 1: output = gamma * x / sqrt(1 + epsilon) + beta.
+        draws.append(
+            (out[1] - out[0]) * math.sqrt(1 + layer.epsilon) if role == "gamma" else out[0]
+        )
+    return np.stack(draws)
+
+
+# Log stds spread over the range training visits, one per element along the last axis.
+_LOG_STDS = np.log([0.01, 0.05, 0.2, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense", "bn_gamma", "bn_beta"])
+def test_weight_noise_variance_is_exp_2s(kind):
+    """Empirical variance over 3,000 draws of each weight equals exp(2 s) (not exp(s), softplus)."""
+    num_draws = 3000
+    if kind == "conv":
+        layer = BayesConv2D(4, 2, padding="valid", sigma_0=SIGMA_0, init_s=INIT_S, seed=3)
+        layer(tf.zeros([1, 2, 2, 2]))
+        _set_log_std(layer, "kernel", _LOG_STDS)
+        _fix_at_zero(layer, "bias")
+        draws = _conv_kernel_draws(layer, num_draws)
+    elif kind == "dense":
+        layer = BayesDense(4, sigma_0=SIGMA_0, init_s=INIT_S, seed=3)
+        layer(tf.zeros([1, 3]))
+        _set_log_std(layer, "kernel", _LOG_STDS)
+        _fix_at_zero(layer, "bias")
+        draws = _dense_kernel_draws(layer, num_draws)
+    else:
+        role = kind.split("_")[1]
+        layer = BayesBatchNormalization(sigma_0=SIGMA_0, init_s=INIT_S, seed=3)
+        layer(tf.zeros([1, 1, 1, 4]))
+        _set_log_std(layer, role, _LOG_STDS)
+        _fix_at_zero(layer, "beta" if role == "gamma" else "gamma")
+        draws = _bn_draws(layer, role, num_draws)
+    mu = layer.posterior_parameters["kernel" if kind in ("conv", "dense") else role][0].numpy()
+    np.testing.assert_allclose(draws.mean(axis=0), mu, atol=5 * np.exp(_LOG_STDS.max()) / 50)
+    ratio = draws.var(axis=0, ddof=1) / np.exp(2 * _LOG_STDS)
+    # The variance estimate of n normal draws has relative std sqrt(2 / (n - 1)) = 2.6 %.
+    assert np.abs(ratio - 1).max() < 5 * math.sqrt(2 / (num_draws - 1)), ratio
+
+
+def test_box_muller_pairs_are_independent_normals():
+    """Each uniform pair gives a cos and a sin normal: paired samples must be uncorrelated,
+    and so must their squares (which a shared or reused uniform would couple)."""
+    size = 200_000
+    samples = standard_normal(tf.constant([size]), tf.constant([3, 4], tf.int32)).numpy()
+    half = size // 2
+    first, second = samples[:half], samples[half:]
+    bound = 5 / math.sqrt(half)  # 5 standard errors of a correlation near 0
+    assert abs(np.corrcoef(first, second)[0, 1]) < bound
+    assert abs(np.corrcoef(first**2, second**2)[0, 1]) < bound
+    assert abs(np.corrcoef(np.abs(first), np.abs(second))[0, 1]) < bound
+    # Neighbours within one half come from different uniform pairs.
+    assert abs(np.corrcoef(first[:-1], first[1:])[0, 1]) < bound
+
+
+def _small_bnn(width_multiplier, seed):
+    return models.build_model(
+        "vgg11",
+        "bnn",
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        width_multiplier=width_multiplier,
+        sigma_0=SIGMA_0,
+        init_s=INIT_S,
+        seed=seed,
+    )
+
+
+def test_draws_of_different_layers_and_steps_are_uncorrelated():
+    """Two same-shaped layers of one seeded model, over successive calls: every pair of
+    kernel-noise draws (layer x step) is uncorrelated, so no layer or step reuses a seed."""
+    model = _small_bnn(width_multiplier=0.125, seed=5)
+    pair = [model.get_layer("conv7"), model.get_layer("conv8")]
+    assert pair[0].posterior_parameters["kernel"][0].shape == (
+        pair[1].posterior_parameters["kernel"][0].shape
+    )
+    for layer in pair:
+        mu, s = layer.posterior_parameters["kernel"]
+        mu.assign(tf.zeros_like(mu))
+        s.assign(tf.zeros_like(s))  # draws are then the standard normal noise itself
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[1, 2])
+    noises = []
+    for _ in range(3):
+        model(images)
+        noises += [layer._tfp_layer.kernel_posterior_tensor.numpy().ravel() for layer in pair]
+    correlations = np.corrcoef(np.stack(noises))
+    off_diagonal = correlations[~np.eye(len(noises), dtype=bool)]
+    assert np.abs(off_diagonal).max() < 5 / math.sqrt(noises[0].size)
+
+
+@pytest.mark.parametrize("num_eot_samples", [1, 2])
+def test_real_bayesian_layers_draw_at_every_step_of_the_compiled_pgd_loop(num_eot_samples):
+    """Each layer's generator advances once per model call: after a compiled PGD-k its state
+    has moved k * eot times as far as after one call (a draw hoisted out of the loop would
+    move it once, or not at all)."""
+    model = _small_bnn(width_multiplier=0.0625, seed=7)
+    bayesian = [layer for layer in model.layers if hasattr(layer, "posterior_parameters")]
+    images = tf.random.stateless_uniform([2, 32, 32, 3], seed=[3, 4])
+    labels = tf.constant([1, 2])
+
+    def counters():
+        return np.array([int(layer._generator.state.numpy()[0]) for layer in bayesian])
+
+    start = counters()
+    model(images)
+    per_call = counters() - start
+    assert np.all(per_call > 0)
+    num_steps = 4
+    attack = tf.function(
+        lambda x, y: attacks.pgd(
+            model,
+            x,
+            y,
+            eps=0.03,
+            step_size=0.01,
+            num_steps=num_steps,
+            num_eot_samples=num_eot_samples,
+        )
+    )
+    before = counters()
+    attack(images, labels)
+    np.testing.assert_array_equal(counters() - before, num_steps * num_eot_samples * per_call)

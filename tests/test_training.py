@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT
 
-from tfp_advbnn import layers, models, training
+from tfp_advbnn import attacks, layers, models, training
 
 
 def _config(model_dir, **overrides):
@@ -436,3 +438,399 @@ def test_sigterm_to_one_worker_checkpoints_all_and_resume_is_exact(tmp_path, cif
         assert f"Resumed from {model_dir / 'checkpoints' / f'ckpt-{saved}'}" in output
     assert _epochs_logged(model_dir) == list(range(1, epochs + 1))
     assert _saved_step(model_dir) == epochs * STEPS_PER_EPOCH
+
+
+def _generator_states(model):
+    return {
+        layer.name: layer._generator.state.numpy().copy()
+        for layer in model.layers
+        if getattr(layer, "_generator", None) is not None
+    }
+
+
+def _reset_generators(model, states):
+    """Rewinds every stochastic layer's generator, so the next calls repeat the same draws."""
+    for layer in model.layers:
+        if layer.name in states:
+            layer._generator.reset(states[layer.name])
+
+
+def _numpy_cross_entropy(logits, labels):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_softmax[np.arange(len(labels)), np.asarray(labels)].mean())
+
+
+def _numpy_kl(model, sigma_0, layer_names=None):
+    """Eq. 6 summed over the (mu, s) variables of ``model``'s layers, matched by name."""
+    total = 0.0
+    for layer in model.layers:
+        if layer_names is not None and layer.name not in layer_names:
+            continue
+        by_name = {
+            v.name.split("/")[-1].split(":")[0]: v.numpy() for v in layer.trainable_variables
+        }
+        for name, mu in by_name.items():
+            if name.endswith("_mu"):
+                mu = mu.astype(np.float64)
+                sigma = np.exp(by_name[name[:-3] + "_s"].astype(np.float64))
+                total += np.sum(
+                    np.log(sigma_0 / sigma) + (sigma**2 + mu**2) / (2 * sigma_0**2) - 0.5
+                )
+    return total
+
+
+def _first_batch(data):
+    return next(iter(data.train_dataset(batch_size=16, epoch=0, seed=1)))
+
+
+@pytest.mark.parametrize("init_s", [0.01, 0.05])
+def test_eq13_loss_and_its_gradient_at_a_realistic_posterior_std(tmp_path, small_data, init_s):
+    """At init_s 0.01 and log(sigma_0) (the reference's start), with alpha set so the CE is
+    half the loss: the step's loss equals a numpy CE + alpha / N * KL of the same weight draw,
+    and its gradient for one mu and one s equals a central finite difference of that loss."""
+    sigma_0 = 0.05
+    probe = training.Trainer(
+        _config(tmp_path / "probe", defense="bnn", sigma_0=sigma_0, init_s=init_s),
+        image_data=small_data,
+    )
+    num_train = small_data.spec.num_train
+    alpha = 2.3 * num_train / _numpy_kl(probe.model, sigma_0)  # KL term ~ 2.3 ~ the CE
+    config = _config(
+        tmp_path / "run",
+        defense="bnn",
+        sigma_0=sigma_0,
+        init_s=init_s,
+        alpha=alpha,
+        optimizer="sgd",
+        learning_rate=1.0,
+        momentum=0.0,
+    )
+    trainer = training.Trainer(config, image_data=small_data)
+    model = trainer.model
+    images, labels = _first_batch(small_data)
+    states = _generator_states(model)
+
+    def numpy_loss():
+        _reset_generators(model, states)
+        logits = model(images, training=True).numpy()
+        cross_entropy = _numpy_cross_entropy(logits, labels)
+        return cross_entropy, cross_entropy + alpha / num_train * _numpy_kl(model, sigma_0)
+
+    cross_entropy, expected = numpy_loss()
+    assert cross_entropy > 0.3 * expected  # the CE is a significant part of the loss
+    # Directional derivatives: random +-1 directions for the classifier's kernel means and the
+    # last conv's log stds, all ones for the classifier's log stds (their summed gradient, the
+    # KL part included). (Float32 finite differences through a conv's batch norm cancel too
+    # much for a conv's means, or for an all-ones direction.)
+    rng = np.random.default_rng(0)
+    mu, s_classifier = model.get_layer("classifier").posterior_parameters["kernel"]
+    _, s_conv = model.get_layer("conv8").posterior_parameters["kernel"]
+    probes = [
+        (mu, rng.choice([-1.0, 1.0], size=mu.shape)),
+        (s_classifier, np.ones(s_classifier.shape)),
+        (s_conv, rng.choice([-1.0, 1.0], size=s_conv.shape)),
+    ]
+    finite_differences = []
+    for variable, direction in probes:
+        h = 1e-3
+        original = variable.numpy()
+        values = []
+        for sign in (1, -1):
+            variable.assign((original + sign * h * direction).astype(np.float32))
+            values.append(numpy_loss()[1])
+        variable.assign(original)
+        finite_differences.append((values[0] - values[1]) / (2 * h))
+    before = [variable.numpy().copy() for variable, _ in probes]
+
+    _reset_generators(model, states)
+    trainer._train_step(trainer._train_iterator(0, 0))
+    np.testing.assert_allclose(float(trainer.train_loss.result()), expected, rtol=2e-4)
+    np.testing.assert_allclose(
+        float(trainer.train_cross_entropy.result()), cross_entropy, rtol=2e-4
+    )
+    # SGD with learning rate 1 and no momentum: the update is minus the gradient.
+    gradients = [
+        float(np.sum((old - variable.numpy()) * direction))
+        for old, (variable, direction) in zip(before, probes, strict=True)
+    ]
+    assert min(abs(g) for g in gradients) > 1e-3  # every probed parameter gets a gradient
+    np.testing.assert_allclose(gradients, finite_differences, rtol=0.05)
+
+
+@pytest.mark.parametrize("defense", ["adv", "adv_bnn"])
+def test_adversarial_defenses_take_their_step_on_the_pgd_examples(tmp_path, small_data, defense):
+    """The update equals the SGD update computed on attacks.pgd's examples (same weight draws)
+    and not the one computed on the clean images."""
+    config = _config(
+        tmp_path / "run",
+        defense=defense,
+        alpha=0.05,
+        train_pgd_steps=3,
+        optimizer="sgd",
+        learning_rate=0.5,
+        momentum=0.0,
+    )
+    trainer = training.Trainer(config, image_data=small_data)
+    twin = training.Trainer(
+        dataclasses.replace(config, model_dir=str(tmp_path / "twin")), image_data=small_data
+    )
+    variables = trainer.model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    for mine, theirs in zip(before, twin.model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(mine, theirs.numpy())
+    states = _generator_states(trainer.model)
+    images, labels = _first_batch(small_data)
+
+    def update_on(inputs):
+        with tf.GradientTape() as tape:
+            logits = twin.model(inputs, training=True)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            ) + config.alpha / small_data.spec.num_train * layers.model_kl(twin.model)
+        return [
+            -config.learning_rate * g.numpy()
+            for g in tape.gradient(loss, twin.model.trainable_variables)
+        ]
+
+    _reset_generators(twin.model, states)
+    adversarial = attacks.pgd(
+        lambda x: twin.model(x, training=False),
+        images,
+        labels,
+        eps=config.train_eps,
+        step_size=2.5 * config.train_eps / 3,
+        num_steps=3,
+    )
+    assert float(tf.reduce_max(tf.abs(adversarial - images))) > 0.5 * config.train_eps
+    pgd_update = update_on(adversarial)  # the draw right after PGD's three
+    _reset_generators(twin.model, states)
+    for _ in range(3):  # the same three attack draws, so the training draw matches again
+        twin.model(images, training=False)
+    clean_update = update_on(images)
+
+    _reset_generators(trainer.model, states)
+    trainer._train_step(trainer._train_iterator(0, 0))
+    step_update = [v.numpy() - b for v, b in zip(variables, before, strict=True)]
+
+    def distance(a, b):
+        return math.sqrt(sum(float(np.sum((x - y) ** 2)) for x, y in zip(a, b, strict=True)))
+
+    assert distance(step_update, pgd_update) < 0.05 * distance(step_update, clean_update)
+
+
+def test_classifier_kl_scope_is_the_classifier_layers_kl_alone(tmp_path, small_data):
+    config = _config(tmp_path, defense="bnn", kl_scope="classifier", alpha=0.3)
+    trainer = training.Trainer(config, image_data=small_data)
+    model = trainer.model
+    expected = _numpy_kl(model, config.sigma_0, layer_names={"classifier"})
+    everything = _numpy_kl(model, config.sigma_0)
+    assert expected < 0.5 * everything
+    np.testing.assert_allclose(
+        float(training.objective_kl(model, "classifier")), expected, rtol=1e-5
+    )
+    np.testing.assert_allclose(float(training.objective_kl(model, "all")), everything, rtol=1e-5)
+    trainer._train_step(trainer._train_iterator(0, 0))
+    # The metric holds the KL of the weights before the update.
+    np.testing.assert_allclose(float(trainer.train_kl.result()), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(trainer.train_kl_term.result()),
+        0.3 / small_data.spec.num_train * expected,
+        rtol=1e-5,
+    )
+
+
+def test_weight_decay_is_the_coupled_l2_of_pytorch_sgd(tmp_path, small_data):
+    """SGD with weight_decay wd and no momentum: w <- w - lr * (dCE/dw + wd * w) for every
+    trainable weight (kernels, biases, BN scales and offsets), as torch.optim.SGD does."""
+    lr, wd = 0.1, 0.05
+    config = _config(
+        tmp_path, defense="plain", optimizer="sgd", learning_rate=lr, momentum=0.0, weight_decay=wd
+    )
+    trainer = training.Trainer(config, image_data=small_data)
+    images, labels = _first_batch(small_data)
+    variables = trainer.model.trainable_variables
+    with tf.GradientTape() as tape:
+        logits = trainer.model(images, training=True)
+        cross_entropy = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        )
+    gradients = tape.gradient(cross_entropy, variables)
+    expected = [
+        v.numpy() - lr * (g.numpy() + wd * v.numpy())
+        for v, g in zip(variables, gradients, strict=True)
+    ]
+    trainer._train_step(trainer._train_iterator(0, 0))
+    for variable, value in zip(variables, expected, strict=True):
+        np.testing.assert_allclose(
+            variable.numpy(), value, rtol=1e-4, atol=1e-6, err_msg=variable.name
+        )
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_on_a_bayesian_defense_is_refused(optimizer):
+    config = _config("unused", defense="bnn", optimizer=optimizer, weight_decay=5e-4)
+    with pytest.raises(ValueError, match="weight_decay 0.0005.*bnn"):
+        config.validate()
+
+
+def test_kl_warmup_ramps_the_kl_weight_linearly_over_its_epochs(tmp_path, small_data):
+    config = _config(tmp_path, defense="bnn", alpha=0.4, kl_warmup_epochs=1.5)
+    trainer = training.Trainer(config, image_data=small_data)
+    full = 0.4 / small_data.spec.num_train
+    ramp = 1.5 * trainer.steps_per_epoch
+    for step in range(int(ramp) + 3):
+        expected = full * min(1.0, (step + 1) / ramp)
+        np.testing.assert_allclose(float(trainer.kl_weight(step)), expected, rtol=1e-6)
+
+
+def test_mid_epoch_resume_on_two_replicas_sees_the_same_batches(tmp_path, small_data):
+    """Stopped after step 1 of 4 under MirroredStrategy on 2 CPU replicas and resumed, a run
+    ends with the weights and step count of an uninterrupted one: the resumed epoch skips
+    exactly the batches already trained on (each step takes one per replica)."""
+
+    def config_at(name):
+        return _config(
+            tmp_path / name,
+            defense="plain",
+            strategy="mirrored",
+            epochs=1,
+            optimizer="sgd",
+            learning_rate=0.1,
+            momentum=0.0,
+        )
+
+    uninterrupted = training.Trainer(config_at("whole"), image_data=small_data)
+    assert uninterrupted.strategy.num_replicas_in_sync == 2
+    uninterrupted.fit(verbose=False, export=False)
+
+    stopped = training.Trainer(config_at("stopped"), image_data=small_data)
+    real_step = stopped._train_step
+
+    def step_then_signal(iterator):
+        faults = real_step(iterator)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return faults
+
+    stopped._train_step = step_then_signal
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(verbose=False, export=False)
+    resumed = training.Trainer(config_at("stopped"), image_data=small_data)
+    resumed.fit(verbose=False, export=False)
+    assert int(resumed.canary_steps.numpy()) == int(uninterrupted.canary_steps.numpy()) == 4
+    for mine, theirs in zip(
+        resumed.model.trainable_variables, uninterrupted.model.trainable_variables, strict=True
+    ):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# The paper's Table 2 (and its Appendix C), typed from the paper: train radius, prior std,
+# KL weight, PGD steps in training and in the attacks, ensemble size; Model A for STL-10.
+TABLE_2 = {
+    "cifar10": {"train_eps": 8 / 256, "sigma_0": 0.05, "alpha": 1.0, "model": "vgg16"},
+    "stl10": {"train_eps": 8 / 256, "sigma_0": 0.15, "alpha": 1 / 50, "model": "model_a"},
+    "folder": {"train_eps": 0.01, "sigma_0": 0.15, "alpha": 1 / 50, "model": "vgg16"},
+}
+# The optimizers: the reference code's SGD 0.01 + momentum 0.9 + L2 5e-4 for plain, adv and RSE
+# (main_plain.py, main_adv.py, main_rse.py); for the Bayesian defenses its Adam, at the measured
+# 1e-4 instead of its 0.01 (README, "Training recipe").
+RECIPE_OPTIMIZERS = {
+    "bnn": ("adam", 1e-4, 0.0),
+    "adv_bnn": ("adam", 1e-4, 0.0),
+    "plain": ("sgd", 0.01, 5e-4),
+    "adv": ("sgd", 0.01, 5e-4),
+    "rse": ("sgd", 0.01, 5e-4),
+}
+
+
+def _cli_config(*argv):
+    """The TrainConfig that trainers.main builds from ``argv`` (parsed in this process)."""
+    from absl import flags
+
+    from trainers import main
+
+    if "alpha" not in flags.FLAGS:
+        main.define_training_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["trainers.main", *argv])
+    try:
+        return main.config_from_flags(model_dir="unused")
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("dataset", list(TABLE_2))
+@pytest.mark.parametrize("defense", list(RECIPE_OPTIMIZERS))
+def test_cli_defaults_are_table_2_and_the_reference_optimizers(dataset, defense):
+    config = _cli_config(f"--dataset={dataset}", f"--defense={defense}")
+    expected = dict(
+        TABLE_2[dataset],
+        train_pgd_steps=10,
+        eval_pgd_steps=20,
+        eval_num_samples=10,
+        optimizer=RECIPE_OPTIMIZERS[defense][0],
+        learning_rate=RECIPE_OPTIMIZERS[defense][1],
+        weight_decay=RECIPE_OPTIMIZERS[defense][2],
+    )
+    actual = {field: getattr(config, field) for field in expected}
+    assert actual == expected
+    assert config.momentum == 0.9 and config.kl_scope == "all"
+    assert config.init_s == 0.002
+
+
+def test_cli_flags_override_the_defaults():
+    config = _cli_config(
+        "--dataset=stl10", "--defense=bnn", "--sigma_0=0.2", "--optimizer=sgd", "--alpha=0.5"
+    )
+    assert (config.sigma_0, config.optimizer, config.alpha, config.model) == (
+        0.2,
+        "sgd",
+        0.5,
+        "model_a",
+    )
+
+
+def test_evaluate_cli_attacks_with_pgd_20_by_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.evaluate", "--helpfull"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert re.search(r"--pgd_steps:.*\n.*\(default: '20'\)", result.stdout), result.stdout[-2000:]
+
+
+def test_momentum_is_adams_beta_1(tmp_path, small_data):
+    """Adam's second step from m1 = (1 - b1) g1: m2 = b1 m1 + (1 - b1) g2, bias-corrected."""
+    config = _config(tmp_path, defense="plain", optimizer="adam", learning_rate=0.1, momentum=0.5)
+    optimizer = training.make_optimizer(config, steps_per_epoch=10)
+    variable = tf.Variable([1.0])
+    for gradient in (1.0, -3.0):
+        optimizer.apply_gradients([(tf.constant([gradient]), variable)])
+    b1, b2, eps = 0.5, 0.999, 1e-7
+    m, v, value = 0.0, 0.0, 1.0
+    for t, g in enumerate((1.0, -3.0), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        value -= 0.1 * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
+    np.testing.assert_allclose(variable.numpy(), [value], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "defense, flag",
+    [
+        ("plain", "--alpha=0.5"),
+        ("adv", "--kl_scope=classifier"),
+        ("rse", "--init_s=0.01"),
+        ("bnn", "--noise_init=0.3"),
+        ("bnn", "--train_pgd_steps=7"),
+        ("plain", "--random_start"),
+    ],
+)
+def test_cli_refuses_a_flag_the_defense_does_not_use(defense, flag):
+    from absl import app
+
+    with pytest.raises(app.UsageError, match=flag.split("=")[0].lstrip("-") + ".*" + defense):
+        _cli_config(f"--defense={defense}", flag)

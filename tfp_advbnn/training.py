@@ -4,7 +4,14 @@ Per batch (paper eq. 13):
 
     x_adv = PGD(x)            for adv and adv_bnn (fresh weight draw at every PGD step)
     x_adv = x                 for plain, bnn and rse
-    loss  = CE(f(x_adv; w), y) + alpha / N_train * KL(q || p),   w ~ q drawn in the forward pass
+    loss  = CE(f(x_adv; w), y) + beta_t * alpha / N_train * KL(q || p)  [+ weight_decay / 2 * |w|^2]
+
+``w ~ q`` is drawn in the forward pass. ``KL`` is the sum over every Bayesian layer
+(``kl_scope="all"``, eq. 13) or the classifier's alone (``kl_scope="classifier"``, what the
+reference PyTorch VGG returns and so what the paper's alpha = 1 was tuned with). ``beta_t`` ramps
+linearly from 0 to 1 over ``kl_warmup_epochs`` (Sonderby et al. 2016; 1 when that is 0). The
+weight-decay term is coupled L2 on the non-Bayesian weights, as PyTorch's ``weight_decay``
+of the reference's SGD; Bayesian weights are regularized by the KL alone.
 
 Under a ``tf.distribute`` strategy the cross-entropy is averaged over the global batch with
 ``tf.nn.compute_average_loss`` and the KL term goes through ``tf.nn.scale_regularization_loss``,
@@ -66,13 +73,63 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
-# The paper's Table 2, plus the schedule length of the reference code. ``folder`` stands for
-# ImageNet-143 and other image folders.
+KL_SCOPES = ("all", "classifier")
+
+# The paper's Table 2 (eps, sigma_0, alpha, PGD-10 in training), the schedule length of the
+# reference code, and its default model per dataset. ``folder`` stands for ImageNet-143 and
+# other image folders.
 DATASET_DEFAULTS = {
-    "cifar10": {"train_eps": 8.0 / 255.0, "sigma_0": 0.05, "epochs": 200, "image_size": None},
-    "stl10": {"train_eps": 8.0 / 255.0, "sigma_0": 0.15, "epochs": 120, "image_size": None},
-    "folder": {"train_eps": 0.01, "sigma_0": 0.15, "epochs": 80, "image_size": 64},
+    "cifar10": {
+        "train_eps": 8.0 / 256.0,
+        "sigma_0": 0.05,
+        "alpha": 1.0,
+        "epochs": 200,
+        "image_size": None,
+        "model": "vgg16",
+    },
+    "stl10": {
+        "train_eps": 8.0 / 256.0,
+        "sigma_0": 0.15,
+        "alpha": 1.0 / 50.0,
+        "epochs": 120,
+        "image_size": None,
+        "model": "model_a",
+    },
+    "folder": {
+        "train_eps": 0.01,
+        "sigma_0": 0.15,
+        "alpha": 1.0 / 50.0,
+        "epochs": 80,
+        "image_size": 64,
+        "model": "vgg16",
+    },
 }
+
+# Optimizers. Plain, adv and RSE: the reference's SGD at 0.01, momentum 0.9 and coupled weight
+# decay 5e-4. BNN and Adv-BNN: Adam as the reference, but at 1e-4 instead of its 0.01, and with
+# the posterior std starting at 0.002 instead of sigma_0: Adam moves every mu and s by about the
+# learning rate per step whatever the gradient's size, and the KL's per-weight gradient, tiny
+# against the CE's, then drives the 15M stds of VGG16 to sigma_0 and its means to 0 within a few
+# hundred steps. Measured in benchmarks/recipe.py (README, "Training recipe").
+DEFENSE_DEFAULTS = {
+    "bayesian": {"optimizer": "adam", "learning_rate": 1e-4, "weight_decay": 0.0},
+    "deterministic": {"optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4},
+}
+INIT_S = 0.002
+
+
+def recipe_defaults(dataset: str, defense: str) -> dict:
+    """The default settings of ``dataset`` and ``defense``: Table 2, the reference code, and the
+    measured deviations of ``DEFENSE_DEFAULTS``.
+
+    Returns a dict of TrainConfig field -> value for ``train_eps``, ``sigma_0``, ``alpha``,
+    ``epochs``, ``image_size``, ``model``, ``optimizer``, ``learning_rate``, ``weight_decay``
+    and ``init_s`` (read by the Bayesian defenses only).
+    """
+    _check_choice("dataset", dataset, DATASET_DEFAULTS)
+    kind = "bayesian" if models.is_bayesian(defense) else "deterministic"
+    return dict(DATASET_DEFAULTS[dataset], **DEFENSE_DEFAULTS[kind], init_s=INIT_S)
+
 
 # The reference schedule: epochs per stage, learning rate divided by 10 at each stage.
 STAGE_EPOCHS = {
@@ -86,7 +143,9 @@ STAGE_EPOCHS = {
 class TrainConfig:
     """Everything a training run needs. Built from flags in ``trainers/main.py``.
 
-    Units: ``train_eps`` and ``pgd_step_size`` are L-inf radii in [0, 1] pixel scale.
+    The defaults are those of CIFAR-10 and Adv-BNN; ``recipe_defaults(dataset, defense)`` gives
+    them for the other datasets and defenses. Units: ``train_eps`` and ``pgd_step_size`` are
+    L-inf radii in [0, 1] pixel scale; ``kl_warmup_epochs`` is in epochs (fractions allowed).
     """
 
     model_dir: str
@@ -101,20 +160,22 @@ class TrainConfig:
     width_multiplier: float = 1.0
     posterior: str = "reparameterization"
     alpha: float = 1.0
+    kl_scope: str = "all"
+    kl_warmup_epochs: float = 0.0
     sigma_0: float = 0.05
-    init_s: float = 0.01
+    init_s: float = INIT_S
     noise_init: float = 0.2
     noise_inner: float = 0.1
-    train_eps: float = 8.0 / 255.0
+    train_eps: float = 8.0 / 256.0
     train_pgd_steps: int = 10
     pgd_step_size: float | None = None
     random_start: bool = False
     epochs: int = 200
     batch_size: int = 128
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-4
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.0
     eval_num_samples: int = 10
     eval_robust_examples: int = 0
     eval_pgd_steps: int = 20
@@ -146,6 +207,12 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("posterior", self.posterior, ("reparameterization", "flipout"))
         _check_choice("eval_split", self.eval_split, ("test", "validation"))
+        _check_choice("kl_scope", self.kl_scope, KL_SCOPES)
+        if self.weight_decay and models.is_bayesian(self.defense):
+            raise ValueError(
+                f"weight_decay {self.weight_decay} applies to non-Bayesian weights, and defense "
+                f"{self.defense!r} has none (its KL term is the regularizer): set weight_decay 0"
+            )
         if self.eval_split == "validation" and not self.validation_examples:
             raise ValueError("eval_split 'validation' needs validation_examples > 0")
         positive = {
@@ -162,6 +229,7 @@ class TrainConfig:
             "noise_init": self.noise_init,
             "noise_inner": self.noise_inner,
             "weight_decay": self.weight_decay,
+            "kl_warmup_epochs": self.kl_warmup_epochs,
         }
         for name, value in non_negative.items():
             if not (value >= 0 and math.isfinite(value)):
@@ -245,27 +313,43 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> StagedL
     return StagedLearningRate(config.learning_rate, boundaries)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int, model):
-    """Adam (as the reference) or SGD with momentum and decoupled weight decay.
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """Adam (``momentum`` is its beta_1) or SGD with momentum, on the staged schedule.
 
-    Weight decay is applied to the weights of ordinary layers only: for Bayesian layers the
-    KL term is the regularizer, and decaying a log standard deviation ``s`` towards 0 would
-    push the posterior std towards 1.
+    Weight decay is not the optimizer's: it is the coupled L2 term of the loss (see
+    ``weight_decay_loss``), which is what PyTorch's ``SGD(weight_decay=...)`` of the reference
+    computes, under either optimizer.
     """
     schedule = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "adam":
-        optimizer = tf_keras.optimizers.Adam(learning_rate=schedule)
+        # ``momentum`` is Adam's first-moment decay, so no setting goes unused.
+        optimizer = tf_keras.optimizers.Adam(learning_rate=schedule, beta_1=config.momentum)
     else:
-        optimizer = tf_keras.optimizers.SGD(
-            learning_rate=schedule,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay or None,
-        )
-        if config.weight_decay:
-            optimizer.exclude_from_weight_decay(var_list=layers.bayesian_variables(model))
+        optimizer = tf_keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
     if config.precision == "mixed_float16":
         optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def objective_kl(model, kl_scope: str):
+    """The KL of the objective: every Bayesian layer's (``"all"``, eq. 13) or the classifier
+    layer's alone (``"classifier"``, the reference implementation's). float32 scalar, nats."""
+    _check_choice("kl_scope", kl_scope, KL_SCOPES)
+    if kl_scope == "classifier":
+        return layers.model_kl(model.get_layer("classifier"))
+    return layers.model_kl(model)
+
+
+def weight_decay_loss(model, weight_decay: float):
+    """``weight_decay / 2 * sum(w^2)`` over the trainable non-Bayesian weights (kernels,
+    biases, batch-norm scales and offsets), whose gradient is PyTorch's coupled weight decay
+    ``weight_decay * w``. float32 scalar; 0 when ``weight_decay`` is 0."""
+    bayesian = {id(v) for v in layers.bayesian_variables(model)}
+    weights = [v for v in model.trainable_variables if id(v) not in bayesian]
+    if not weight_decay or not weights:
+        return tf.constant(0.0, tf.float32)
+    total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in weights])
+    return 0.5 * weight_decay * total
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:
@@ -383,7 +467,7 @@ class Trainer:
                 self.model = build_model_for(config, spec.num_classes, spec.image_shape)
             finally:
                 tf_keras.mixed_precision.set_global_policy(previous_policy)
-            self.optimizer = make_optimizer(config, self.steps_per_epoch, self.model)
+            self.optimizer = make_optimizer(config, self.steps_per_epoch)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             # Incremented by the compiled step itself and saved with the weights it produced:
@@ -392,6 +476,8 @@ class Trainer:
             self.train_loss = tf_keras.metrics.Mean("train/loss")
             self.train_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("train/accuracy")
             self.train_kl = tf_keras.metrics.Mean("train/kl")
+            self.train_cross_entropy = tf_keras.metrics.Mean("train/cross_entropy")
+            self.train_kl_term = tf_keras.metrics.Mean("train/kl_term")
             self.test_accuracy = tf_keras.metrics.SparseCategoricalAccuracy("test/accuracy")
             self.test_robust_accuracy = tf_keras.metrics.SparseCategoricalAccuracy(
                 "test/robust_accuracy"
@@ -407,6 +493,8 @@ class Trainer:
                 train_loss=self.train_loss,
                 train_accuracy=self.train_accuracy,
                 train_kl=self.train_kl,
+                train_cross_entropy=self.train_cross_entropy,
+                train_kl_term=self.train_kl_term,
             )
         self.checkpoint_dir = os.path.join(config.model_dir, CHECKPOINT_DIRNAME)
         # Under multi_worker every worker takes part in each checkpoint save and export (they
@@ -431,10 +519,19 @@ class Trainer:
         # BN runs in inference mode during the attack, as in the reference.
         return lambda images: tf.cast(self.model(images, training=False), tf.float32)
 
+    def kl_weight(self, step):
+        """The KL's weight in the loss at optimizer step ``step`` (0-based): alpha / N_train,
+        ramped linearly from 1 / ramp to 1 of it over ``kl_warmup_epochs`` epochs."""
+        weight = self.config.alpha / self.num_train
+        ramp_steps = self.config.kl_warmup_epochs * self.steps_per_epoch
+        if ramp_steps <= 0:
+            return tf.constant(weight, tf.float32)
+        progress = (tf.cast(step, tf.float32) + 1.0) / ramp_steps
+        return weight * tf.minimum(progress, 1.0)
+
     def _make_train_step(self):
         config = self.config
         adversarial = models.is_adversarial(config.defense)
-        kl_weight = config.alpha / self.num_train
         loss_scaled = isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
         def step_fn(images, labels):
@@ -463,8 +560,10 @@ class Trainer:
                 cross_entropy = tf.nn.compute_average_loss(
                     per_example, global_batch_size=self.global_batch_size
                 )
-                kl = layers.model_kl(self.model)
-                loss = cross_entropy + tf.nn.scale_regularization_loss(kl_weight * kl)
+                kl = objective_kl(self.model, config.kl_scope)
+                kl_term = self.kl_weight(self.optimizer.iterations) * kl
+                decay = weight_decay_loss(self.model, config.weight_decay)
+                loss = cross_entropy + tf.nn.scale_regularization_loss(kl_term + decay)
                 scaled = self.optimizer.get_scaled_loss(loss) if loss_scaled else loss
             variables = self.model.trainable_variables
             gradients = tape.gradient(scaled, variables)
@@ -479,7 +578,9 @@ class Trainer:
             replicas = self.strategy.num_replicas_in_sync
             # `loss` is this replica's share; times the replica count it is the global value.
             self.train_loss.update_state(loss * replicas)
+            self.train_cross_entropy.update_state(cross_entropy * replicas)
             self.train_kl.update_state(kl)
+            self.train_kl_term.update_state(kl_term)
             self.train_accuracy.update_state(labels, logits)
             return tf.cast(tf.logical_not(finite), tf.int32)
 
@@ -524,7 +625,22 @@ class Trainer:
 
     # ----- datasets -----------------------------------------------------------------------
 
+    def _train_metrics(self):
+        return (
+            self.train_loss,
+            self.train_accuracy,
+            self.train_cross_entropy,
+            self.train_kl,
+            self.train_kl_term,
+        )
+
     def _train_iterator(self, epoch: int, skip: int):
+        """The batches of ``epoch`` from its step ``skip`` on.
+
+        An input pipeline yields per-replica batches, and each global step takes one per
+        replica it feeds, so skipping ``skip`` steps skips ``skip`` times that many elements.
+        """
+
         def dataset_fn(context):
             dataset = self.data.train_dataset(
                 batch_size=self.global_batch_size,
@@ -532,7 +648,8 @@ class Trainer:
                 seed=self.config.seed,
                 input_context=context,
             )
-            return dataset.skip(skip)
+            replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
+            return dataset.skip(skip * replicas_per_pipeline)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -701,7 +818,7 @@ class Trainer:
                 epoch = int(self.epoch.numpy())
                 start_step = int(self.step_in_epoch.numpy())
                 if start_step == 0:
-                    for metric in (self.train_loss, self.train_accuracy, self.train_kl):
+                    for metric in self._train_metrics():
                         metric.reset_state()
                 iterator = self._train_iterator(epoch, start_step)
                 progress = tf_keras.utils.Progbar(
@@ -750,7 +867,9 @@ class Trainer:
                     "epoch": epoch + 1,
                     "train_loss": float(self.train_loss.result()),
                     "train_accuracy": float(self.train_accuracy.result()),
+                    "train_cross_entropy": float(self.train_cross_entropy.result()),
                     "kl": float(self.train_kl.result()),
+                    "train_kl_term": float(self.train_kl_term.result()),
                     "learning_rate": float(
                         learning_rate_schedule(config, self.steps_per_epoch)(
                             self.optimizer.iterations - 1

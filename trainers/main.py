@@ -35,15 +35,29 @@ def define_training_flags() -> None:
     flags.DEFINE_integer("max_train_examples", None, "Use only the first N training images.")
     flags.DEFINE_integer("max_test_examples", None, "Use only the first N test images.")
     flags.DEFINE_enum("defense", "adv_bnn", list(models.DEFENSES), "Defense to train.")
-    flags.DEFINE_enum("model", "vgg16", list(models.ARCHITECTURES), "Architecture.")
+    flags.DEFINE_enum(
+        "model", None, list(models.ARCHITECTURES), "Architecture (default per dataset)."
+    )
     flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv width (> 0).")
     flags.DEFINE_enum(
         "posterior", "reparameterization", ["reparameterization", "flipout"], "Estimator."
     )
-    flags.DEFINE_float("alpha", 1.0, "KL weight: loss = CE + alpha / N_train * KL (>= 0).")
+    flags.DEFINE_float(
+        "alpha", None, "KL weight: loss = CE + alpha / N_train * KL (>= 0; default per dataset)."
+    )
+    flags.DEFINE_enum(
+        "kl_scope",
+        "all",
+        list(training.KL_SCOPES),
+        "KL of the loss: all Bayesian layers (eq. 13) or the classifier's alone (the reference's).",
+    )
+    flags.DEFINE_float(
+        "kl_warmup_epochs", 0.0, "Ramp the KL weight linearly from 0 over this many epochs."
+    )
     flags.DEFINE_float("sigma_0", None, "Prior std (default: the paper's per dataset).")
-    # 0.05 left a VGG16 BNN at chance after 4 epochs on the CIFAR-10 subset; 0.01 trained.
-    flags.DEFINE_float("init_s", 0.01, "Initial posterior std; s starts at log(init_s).")
+    flags.DEFINE_float(
+        "init_s", None, "Initial posterior std; s starts at log(init_s) (default 0.002)."
+    )
     flags.DEFINE_float("noise_init", 0.2, "RSE: std of the noise before the first conv.")
     flags.DEFINE_float("noise_inner", 0.1, "RSE: std of the noise before the other convs.")
     flags.DEFINE_float(
@@ -54,10 +68,24 @@ def define_training_flags() -> None:
     flags.DEFINE_bool("random_start", False, "Start PGD at a random point of the eps-ball.")
     flags.DEFINE_integer("epochs", None, "Total epochs (default per dataset); stages scale.")
     flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-    flags.DEFINE_enum("optimizer", "adam", list(training.OPTIMIZERS), "Optimizer.")
-    flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate (> 0).")
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-    flags.DEFINE_float("weight_decay", 5e-4, "SGD decoupled weight decay (non-Bayesian weights).")
+    flags.DEFINE_enum(
+        "optimizer",
+        None,
+        list(training.OPTIMIZERS),
+        "Optimizer (default: adam for bnn and adv_bnn, sgd for the others, as the reference).",
+    )
+    flags.DEFINE_float(
+        "learning_rate",
+        None,
+        "Initial learning rate (> 0; default: 1e-4 for bnn and adv_bnn, 0.01 for the others).",
+    )
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum, or Adam's beta_1 (in [0, 1)).")
+    flags.DEFINE_float(
+        "weight_decay",
+        None,
+        "Coupled L2 (PyTorch's weight_decay) on non-Bayesian weights (default: 5e-4 for plain, "
+        "adv and rse; 0 for bnn and adv_bnn, whose regularizer is the KL).",
+    )
     flags.DEFINE_integer("eval_num_samples", 10, "Weight draws in the test ensemble (eq. 18).")
     flags.DEFINE_integer(
         "eval_robust_examples", 0, "If > 0, PGD test accuracy on this many test images per epoch."
@@ -79,36 +107,72 @@ def define_training_flags() -> None:
     )
 
 
+# Flags that only some defenses read: giving one to another defense is refused, not ignored.
+DEFENSE_FLAGS = {
+    ("bnn", "adv_bnn"): (
+        "alpha",
+        "kl_scope",
+        "kl_warmup_epochs",
+        "sigma_0",
+        "init_s",
+        "posterior",
+    ),
+    ("rse",): ("noise_init", "noise_inner"),
+    ("adv", "adv_bnn"): ("train_pgd_steps", "pgd_step_size", "random_start"),
+}
+
+
+def check_flags_apply_to_the_defense() -> None:
+    """Raises UsageError for a flag given on the command line that the defense does not use."""
+    for defenses, names in DEFENSE_FLAGS.items():
+        if FLAGS.defense in defenses:
+            continue
+        for name in names:
+            if name in FLAGS and FLAGS[name].present:
+                raise app.UsageError(
+                    f"--{name} applies to --defense={' or '.join(defenses)} only; "
+                    f"--defense={FLAGS.defense} does not use it"
+                )
+
+
 def config_from_flags(**overrides):
     """A validated TrainConfig from the parsed flags, with per-dataset defaults filled in."""
     from tfp_advbnn import training
 
-    defaults = training.DATASET_DEFAULTS[FLAGS.dataset]
+    check_flags_apply_to_the_defense()
+    defaults = training.recipe_defaults(FLAGS.dataset, FLAGS.defense)
+
+    def flag_or_default(name):
+        value = getattr(FLAGS, name)
+        return defaults[name] if value is None else value
+
     values = dict(
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
-        image_size=FLAGS.image_size or defaults["image_size"],
+        image_size=flag_or_default("image_size"),
         max_train_examples=FLAGS.max_train_examples,
         max_test_examples=FLAGS.max_test_examples,
-        model=FLAGS.model,
+        model=flag_or_default("model"),
         defense=FLAGS.defense,
         width_multiplier=FLAGS.width_multiplier,
         posterior=FLAGS.posterior,
-        alpha=FLAGS.alpha,
-        sigma_0=FLAGS.sigma_0 if FLAGS.sigma_0 is not None else defaults["sigma_0"],
-        init_s=FLAGS.init_s,
+        alpha=flag_or_default("alpha"),
+        kl_scope=FLAGS.kl_scope,
+        kl_warmup_epochs=FLAGS.kl_warmup_epochs,
+        sigma_0=flag_or_default("sigma_0"),
+        init_s=flag_or_default("init_s"),
         noise_init=FLAGS.noise_init,
         noise_inner=FLAGS.noise_inner,
-        train_eps=FLAGS.train_eps if FLAGS.train_eps is not None else defaults["train_eps"],
+        train_eps=flag_or_default("train_eps"),
         train_pgd_steps=FLAGS.train_pgd_steps,
         pgd_step_size=FLAGS.pgd_step_size,
         random_start=FLAGS.random_start,
-        epochs=FLAGS.epochs if FLAGS.epochs is not None else defaults["epochs"],
+        epochs=flag_or_default("epochs"),
         batch_size=FLAGS.batch_size,
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
+        optimizer=flag_or_default("optimizer"),
+        learning_rate=flag_or_default("learning_rate"),
         momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay,
+        weight_decay=flag_or_default("weight_decay"),
         eval_num_samples=FLAGS.eval_num_samples,
         eval_robust_examples=FLAGS.eval_robust_examples,
         eval_pgd_steps=FLAGS.eval_pgd_steps,
@@ -128,13 +192,20 @@ def config_from_flags(**overrides):
     return config
 
 
+def model_name() -> str:
+    """The architecture of the run: --model, else the dataset's default."""
+    from tfp_advbnn import training
+
+    return FLAGS.model or training.recipe_defaults(FLAGS.dataset, FLAGS.defense)["model"]
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # TensorFlow's checkpoint and export INFO lines would drown the per-epoch metrics.
     logging.set_verbosity(logging.WARNING)
     model_dir = FLAGS.model_dir or os.path.join(
-        "runs", f"{FLAGS.dataset}_{FLAGS.model}_{FLAGS.defense}"
+        "runs", f"{FLAGS.dataset}_{model_name()}_{FLAGS.defense}"
     )
     config = config_from_flags(
         model_dir=model_dir,

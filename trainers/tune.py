@@ -33,7 +33,12 @@ import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from trainers.main import config_from_flags, define_training_flags, run_training  # noqa: E402
+from trainers.main import (  # noqa: E402
+    config_from_flags,
+    define_training_flags,
+    model_name,
+    run_training,
+)
 
 FLAGS = flags.FLAGS
 
@@ -111,7 +116,7 @@ def search_config_from_flags():
 
     space = search_space_from_flags()
     tuner_dir = FLAGS.tuner_dir or os.path.join(
-        "runs", f"tune_{FLAGS.dataset}_{FLAGS.model}_{FLAGS.defense}"
+        "runs", f"tune_{FLAGS.dataset}_{model_name()}_{FLAGS.defense}"
     )
     if FLAGS.validation_examples < 1:
         raise app.UsageError(
