@@ -8,7 +8,7 @@ setup(
     description="Adversarially trained Bayesian neural networks (Adv-BNN) with TFP.",
     packages=find_packages(include=["tfp_advbnn", "tfp_advbnn.*", "trainers", "trainers.*"]),
     python_requires=">=3.10",
-    # The stack that works together (DEVELOPERS.md): TFP layers are Keras-2 (tf_keras) layers.
+    # The stack that works together: TFP layers are Keras-2 (tf_keras) layers.
     install_requires=[
         "tensorflow==2.21.*",
         "tensorflow-probability==0.25.*",
@@ -25,6 +25,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
             "ruff>=0.6",
             "cleverhans==4.0.0",
         ],

@@ -15,6 +15,7 @@ KL terms of the loss, wall time) and writes JSON.
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -44,66 +45,51 @@ flags.DEFINE_integer("seed", 0, "Seed of every row.")
 flags.DEFINE_string("work_dir", "/tmp/tfp_advbnn_recipe", "Where the runs go.")
 flags.DEFINE_string("output", os.path.join(REPO, "benchmarks", "results", "recipe.json"), "JSON.")
 
-# name -> (what the row tests, trainers.main flags). Every row has the emulated alpha, VGG16 at
-# full width (unless its flags say otherwise) and the recipe's defaults except what it names.
+# name -> (what the row tests, trainers.main flags). Every row trains VGG16 at full width unless
+# its flags say otherwise; Bayesian rows get the emulated alpha. Each row names its optimizer,
+# learning rate and initial posterior std, so it does not depend on the current defaults.
+SGD = ["--optimizer=sgd", "--learning_rate=0.01"]
 ROWS = {
-    "plain": ("plain: SGD 0.01, momentum 0.9, L2 5e-4 (recipe)", ["--defense=plain"]),
-    "plain_adam": (
-        "plain: Adam 1e-3 (old default)",
-        ["--defense=plain", "--optimizer=adam", "--learning_rate=0.001", "--weight_decay=0"],
-    ),
-    "bnn_old": (
-        "bnn: Adam 1e-3, init_s 0.01 (old default)",
-        ["--defense=bnn", "--init_s=0.01", "--learning_rate=0.001"],
-    ),
+    "plain": ("plain: SGD 0.01, momentum 0.9, L2 5e-4", ["--defense=plain", *SGD]),
     "bnn_reference": (
-        "bnn: Adam 0.01, init_s = sigma_0 (reference)",
-        ["--defense=bnn", "--optimizer=adam", "--init_s=0.05"],
-    ),
-    "bnn_adam_init001": (
-        "bnn: Adam 0.01, init_s 0.01",
-        ["--defense=bnn", "--optimizer=adam", "--init_s=0.01"],
-    ),
-    "bnn_adam_init0002": (
-        "bnn: Adam 1e-3, init_s 0.002",
-        ["--defense=bnn", "--init_s=0.002", "--learning_rate=0.001"],
+        "bnn: Adam 0.01, init_s = sigma_0 (the reference's)",
+        ["--defense=bnn", "--optimizer=adam", "--learning_rate=0.01", "--init_s=0.05"],
     ),
     "bnn_sgd": (
         "bnn: SGD 0.01, momentum 0.9, init_s 0.01",
-        ["--defense=bnn", "--optimizer=sgd", "--init_s=0.01"],
+        ["--defense=bnn", *SGD, "--init_s=0.01"],
     ),
-    "bnn_sgd_init0002": (
-        "bnn: SGD 0.01, momentum 0.9, init_s 0.002",
-        ["--defense=bnn", "--optimizer=sgd", "--init_s=0.002"],
-    ),
-    "bnn_sgd_init005": (
-        "bnn: SGD 0.01, momentum 0.9, init_s = sigma_0",
-        ["--defense=bnn", "--optimizer=sgd", "--init_s=0.05"],
-    ),
-    "bnn_adam_warmup": (
-        "bnn: Adam 1e-3, init_s 0.01, KL warm-up over 4 epochs",
-        ["--defense=bnn", "--init_s=0.01", "--learning_rate=0.001", "--kl_warmup_epochs=4"],
-    ),
-    "adv_x05": ("adv at width 0.5: the recipe (SGD)", ["--defense=adv", "--width_multiplier=0.5"]),
-    "adv_bnn_x05": (
-        "adv_bnn at width 0.5: the recipe (Adam 1e-4, init_s 0.002)",
-        ["--defense=adv_bnn", "--width_multiplier=0.5", "--init_s=0.002", "--learning_rate=0.0001"],
+    "bnn_adam_1e3": (
+        "bnn: Adam 1e-3, init_s 0.002",
+        ["--defense=bnn", "--optimizer=adam", "--learning_rate=0.001", "--init_s=0.002"],
     ),
     "bnn_adam_1e4": (
-        "bnn: Adam 1e-4, init_s 0.002",
-        ["--defense=bnn", "--init_s=0.002", "--learning_rate=0.0001"],
+        "bnn: Adam 1e-4, init_s 0.002 (the recipe)",
+        ["--defense=bnn", "--optimizer=adam", "--learning_rate=0.0001", "--init_s=0.002"],
     ),
-    "bnn_adam_1e4_init001": (
-        "bnn: Adam 1e-4, init_s 0.01",
-        ["--defense=bnn", "--init_s=0.01", "--learning_rate=0.0001"],
-    ),
-    "bnn_adam_classifier_kl": (
+    "bnn_adam_1e4_classifier_kl": (
         "bnn: Adam 1e-4, init_s 0.002, classifier-only KL (the reference's objective)",
-        ["--defense=bnn", "--init_s=0.002", "--learning_rate=0.0001", "--kl_scope=classifier"],
+        [
+            "--defense=bnn",
+            "--optimizer=adam",
+            "--learning_rate=0.0001",
+            "--init_s=0.002",
+            "--kl_scope=classifier",
+        ],
     ),
-    "bnn_classifier_kl": (
-        "bnn: Adam 0.01, init_s = sigma_0, classifier-only KL (reference objective)",
-        ["--defense=bnn", "--optimizer=adam", "--init_s=0.05", "--kl_scope=classifier"],
+    "adv_x05": (
+        "adv, width 0.5: SGD 0.01, momentum 0.9, L2 5e-4",
+        ["--defense=adv", "--width_multiplier=0.5", *SGD],
+    ),
+    "adv_bnn_x05": (
+        "adv_bnn, width 0.5: Adam 1e-3, init_s 0.002",
+        [
+            "--defense=adv_bnn",
+            "--width_multiplier=0.5",
+            "--optimizer=adam",
+            "--learning_rate=0.001",
+            "--init_s=0.002",
+        ],
     ),
 }
 
@@ -202,15 +188,16 @@ def main(argv):
     for name in names:
         rows.append(run_row(name))
         print(json.dumps(rows[-1]), flush=True)
-    header = "| row | setting | clean | PGD-20 | CE term | KL term | KL (nats) | train s |"
-    print(header)
-    print("|" + "---|" * 8)
+    columns = ["row", "setting", "epochs", "clean", "PGD-20 at 8/255", "CE term", "KL term"]
+    print("| " + " | ".join([*columns, "KL (nats)", "train s"]) + " |")
+    print("|" + "---|" * 9)
     for row in rows:
+        epochs = re.search(r"--epochs=(\d+)", row["train_command"]).group(1)
         print(
-            f"| {row['row']} | {row['setting']} | {row['test_accuracy']:.3f} | "
-            f"{row['robust_accuracy']:.3f} +- {row['robust_standard_error']:.3f} | "
-            f"{row['train_cross_entropy']:.3f} | {row['train_kl_term']:.3f} | {row['kl']:.4g} | "
-            f"{row['train_seconds']:.0f} |"
+            f"| {row['row']} | {ROWS[row['row']][0]} | {epochs} | {row['test_accuracy']:.3f} | "
+            f"{row['robust_accuracy']:.3f} +- {row['robust_standard_error']:.3f} "
+            f"(n={row['robust_examples']}) | {row['train_cross_entropy']:.3f} | "
+            f"{row['train_kl_term']:.3f} | {row['kl']:.3g} | {row['train_seconds']:.0f} |"
         )
     os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
     with open(FLAGS.output, "w") as f:

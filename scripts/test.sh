@@ -12,4 +12,6 @@ fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 export TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=2
-"$VENV/bin/python" -m pytest tests -q "$@"
+# Two workers (one per core), each test file on one worker so module fixtures are built once;
+# the slowest tests are listed at the end.
+"$VENV/bin/python" -m pytest tests -q -n 2 --dist loadfile --durations=15 "$@"

@@ -23,7 +23,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 def cifar_bin_dir():
     path = SHARED_DATA / "cifar-10-batches-bin"
     if not path.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see DEVELOPERS.md")
+        raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see the README there")
     return path
 
 
@@ -31,7 +31,7 @@ def cifar_bin_dir():
 def cifar_py_dir():
     path = SHARED_DATA / "cifar-10-batches-py"
     if not path.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see DEVELOPERS.md")
+        raise FileNotFoundError(f"CIFAR-10 subset not found at {path}; see the README there")
     return path
 
 

@@ -77,7 +77,7 @@ def define_training_flags() -> None:
     flags.DEFINE_float(
         "learning_rate",
         None,
-        "Initial learning rate (> 0; default: 1e-4 for bnn and adv_bnn, 0.01 for the others).",
+        "Initial learning rate (> 0; default: 1e-4 for bnn, 1e-3 for adv_bnn, 0.01 else).",
     )
     flags.DEFINE_float("momentum", 0.9, "SGD momentum, or Adam's beta_1 (in [0, 1)).")
     flags.DEFINE_float(
