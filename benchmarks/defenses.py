@@ -53,7 +53,7 @@ def main(argv):
     rows = []
     for defense in FLAGS.defenses:
         recipe = training.recipe_defaults("cifar10", defense)
-        config = training.TrainConfig(
+        config = training.TrainConfig.from_flat(
             model_dir=os.path.join(FLAGS.work_dir, defense),
             dataset="cifar10",
             data_dir=FLAGS.data_dir,
@@ -79,8 +79,8 @@ def main(argv):
         eval_config = evaluation.EvalConfig(
             attack="pgd_linf",
             eps_grid=(0.0, FLAGS.eps),
-            pgd_steps=FLAGS.pgd_steps,
-            num_samples=FLAGS.num_samples if models.is_stochastic(defense) else 1,
+            attack_steps=FLAGS.pgd_steps,
+            num_samples=models.num_draws(defense, FLAGS.num_samples),
             max_examples=FLAGS.eval_examples,
             seed=FLAGS.seed,
         )

@@ -113,7 +113,7 @@ def time_steps(step, repeats: int) -> float:
 
 
 def make_trainer(strategy: str, synthetic):
-    config = training.TrainConfig(
+    config = training.TrainConfig.from_flat(
         model_dir="/tmp/throughput-unused",
         model=FLAGS.model,
         defense=FLAGS.defense,
@@ -127,11 +127,11 @@ def make_trainer(strategy: str, synthetic):
         epochs=1,
     )
     trainer = training.Trainer(config, image_data=synthetic)
-    iterator = trainer._train_iterator(epoch=0, skip=0)
+    iterator = trainer.task.train_iterator(0)
 
     def train_step():
-        trainer._train_step(iterator)
-        float(trainer.train_loss.result())
+        trainer.task.train_step(iterator)
+        float(trainer.task.train_loss.result())
 
     return trainer, train_step
 

@@ -43,3 +43,15 @@ def small_data(cifar_bin_dir):
     return data.load_data(
         "cifar10", data_dir=str(cifar_bin_dir), max_train_examples=64, max_test_examples=32
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_op_determinism():
+    """A deterministic Trainer turns TF op determinism on for the whole process; tests that
+    come after it in the same worker (layers with non-deterministic seeds) need it off."""
+    from tensorflow.python.framework import config as tf_config
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    yield
+    if not was_enabled and tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()

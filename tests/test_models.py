@@ -21,6 +21,7 @@ from tfp_advbnn.models import (
     is_adversarial,
     is_bayesian,
     is_stochastic,
+    num_draws,
 )
 
 TINY = 0.0625
@@ -57,6 +58,29 @@ def test_defense_predicates():
     for predicate in (is_bayesian, is_stochastic, is_adversarial):
         with pytest.raises(ValueError, match="'bayes'"):
             predicate("bayes")
+
+
+# Written out here rather than taken from models.is_stochastic, so that num_draws is checked
+# against the paper's defenses and not against itself.
+STOCHASTIC_DEFENSES = ("bnn", "rse", "adv_bnn")
+
+
+@pytest.mark.parametrize("defense", DEFENSES)
+def test_num_draws_is_num_samples_for_stochastic_defenses_and_one_otherwise(defense):
+    expected = 7 if defense in STOCHASTIC_DEFENSES else 1
+    assert num_draws(defense, 7) == expected
+    draws = num_draws(defense, np.int64(7))
+    assert draws == expected and type(draws) is int
+    assert num_draws(defense, 1) == 1
+
+
+@pytest.mark.parametrize(
+    "defense, num_samples, bad",
+    [("bayes", 3, "'bayes'"), ("plain", 0, "num_samples.*0"), ("bnn", 2.5, "2.5")],
+)
+def test_num_draws_rejects_bad_arguments(defense, num_samples, bad):
+    with pytest.raises(ValueError, match=bad):
+        num_draws(defense, num_samples)
 
 
 @pytest.mark.parametrize(

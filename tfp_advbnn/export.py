@@ -20,7 +20,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tfp_advbnn import models
+from tfp_advbnn import models, run_dir, validation
 
 SAVED_MODEL_DIRNAME = "saved_model"
 
@@ -107,12 +107,11 @@ def export_saved_model(
     The export is written into a temporary directory beside ``export_dir`` and renamed over it
     only when the save finished, so a failed or interrupted export never replaces a good one.
     """
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = validation.integer("num_samples", num_samples, minimum=1)
     export_dir = os.path.abspath(export_dir)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
-    module = _ServingModule(model, int(num_samples), image_shape)
+    module = _ServingModule(model, num_samples, image_shape)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         tf.saved_model.save(
@@ -123,24 +122,8 @@ def export_saved_model(
                 "sample_logits": module.sample_logits,
             },
         )
-        _replace_dir(staging, export_dir)
+        run_dir.replace_dir(staging, export_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return export_dir
-
-
-def _replace_dir(new_dir: str, target: str) -> None:
-    """Moves ``new_dir`` to ``target``; an existing ``target`` is removed only after the move."""
-    if not os.path.exists(target):
-        os.replace(new_dir, target)
-        return
-    retired = tempfile.mkdtemp(prefix=".retired-", dir=os.path.dirname(target))
-    os.rmdir(retired)
-    os.replace(target, retired)
-    try:
-        os.replace(new_dir, target)
-    except BaseException:
-        os.replace(retired, target)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)

@@ -21,10 +21,10 @@ plain layers, and the means of the Bayesian ones, start uniform in +-1/sqrt(fan_
 
 import math
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfp_advbnn import validation
 from tfp_advbnn.layers import (
     POSTERIORS,
     BayesBatchNormalization,
@@ -61,25 +61,41 @@ _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 
 
-def _check_defense(defense):
-    if defense not in DEFENSES:
-        raise ValueError(f"unknown defense {defense!r}; expected one of {DEFENSES}")
-    return defense
-
-
 def is_bayesian(defense):
     """True for defenses with Bayesian layers: "bnn" and "adv_bnn"."""
-    return _check_defense(defense) in ("bnn", "adv_bnn")
+    return validation.choice("defense", defense, DEFENSES) in ("bnn", "adv_bnn")
 
 
 def is_stochastic(defense):
     """True for defenses whose logits are random at inference: "bnn", "adv_bnn" and "rse"."""
-    return _check_defense(defense) in ("bnn", "adv_bnn", "rse")
+    return validation.choice("defense", defense, DEFENSES) in ("bnn", "adv_bnn", "rse")
 
 
 def is_adversarial(defense):
     """True for defenses trained on adversarial examples: "adv" and "adv_bnn"."""
-    return _check_defense(defense) in ("adv", "adv_bnn")
+    return validation.choice("defense", defense, DEFENSES) in ("adv", "adv_bnn")
+
+
+def num_draws(defense, num_samples):
+    """How many draws an ensemble prediction (eq. 18) of ``defense`` needs: the one place for it.
+
+    ``num_samples`` for a stochastic defense, whose every call draws new weights (or noise);
+    1 for a deterministic one, whose draws are all identical, so that one draw is the whole
+    ensemble and averaging more would only repeat the same forward pass.
+
+    Args:
+      defense: one of ``DEFENSES``.
+      num_samples: the requested number of draws, an int >= 1.
+
+    Returns:
+      An int >= 1.
+
+    Examples:
+        >>> num_draws("adv_bnn", 10), num_draws("adv", 10)
+        (10, 1)
+    """
+    num_samples = validation.integer("num_samples", num_samples, minimum=1)
+    return num_samples if is_stochastic(defense) else 1
 
 
 def ensemble_probabilities(model_fn, images, num_samples):
@@ -96,8 +112,7 @@ def ensemble_probabilities(model_fn, images, num_samples):
       where the draws after the first run in a ``tf.while_loop``, so the graph does not grow
       with ``num_samples``.
     """
-    if not _is_int(num_samples) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    validation.integer("num_samples", num_samples, minimum=1)
 
     def probabilities():
         return tf.nn.softmax(tf.cast(model_fn(images), tf.float32), axis=-1)
@@ -110,20 +125,6 @@ def ensemble_probabilities(model_fn, images, num_samples):
             (tf.constant(0), total),
         )
     return total / float(num_samples)
-
-
-def _is_int(value):
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _check_number(name, value, *, allow_zero):
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    if ok:
-        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind} finite number, got {value!r}")
-    return float(value)
 
 
 class _LayerFactory:
@@ -254,15 +255,13 @@ def build_model(
     Raises:
       ValueError: naming the bad value, for any invalid argument.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHITECTURES}")
-    _check_defense(defense)
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    validation.choice("arch", arch, ARCHITECTURES)
+    validation.choice("defense", defense, DEFENSES)
+    num_classes = validation.integer("num_classes", num_classes, minimum=2)
     if (
         not isinstance(input_shape, tuple | list)
         or len(input_shape) != 3
-        or not all(_is_int(d) and d > 0 for d in input_shape)
+        or not all(validation.is_int(d) and d > 0 for d in input_shape)
     ):
         raise ValueError(f"input_shape must be (height, width, channels) ints, got {input_shape!r}")
     min_size = _MIN_SIZE["model_a" if arch == "model_a" else "vgg"]
@@ -270,15 +269,13 @@ def build_model(
         raise ValueError(
             f"{arch} needs height and width >= {min_size}, got input_shape {tuple(input_shape)}"
         )
-    width_multiplier = _check_number("width_multiplier", width_multiplier, allow_zero=False)
-    sigma_0 = _check_number("sigma_0", sigma_0, allow_zero=False)
-    init_s = _check_number("init_s", init_s, allow_zero=False)
-    noise_init = _check_number("noise_init", noise_init, allow_zero=True)
-    noise_inner = _check_number("noise_inner", noise_inner, allow_zero=True)
-    if posterior not in POSTERIORS:
-        raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise ValueError(f"seed must be None or a non-negative int, got {seed!r}")
+    width_multiplier = validation.positive("width_multiplier", width_multiplier)
+    sigma_0 = validation.positive("sigma_0", sigma_0)
+    init_s = validation.positive("init_s", init_s)
+    noise_init = validation.non_negative("noise_init", noise_init)
+    noise_inner = validation.non_negative("noise_inner", noise_inner)
+    validation.choice("posterior", posterior, POSTERIORS)
+    seed = validation.seed("seed", seed)
 
     factory = _LayerFactory(
         defense,
@@ -287,7 +284,7 @@ def build_model(
         noise_init=noise_init,
         noise_inner=noise_inner,
         posterior=posterior,
-        seed=None if seed is None else int(seed),
+        seed=seed,
     )
     inputs = tf_keras.Input(shape=tuple(int(d) for d in input_shape), name="images")
     x = inputs
@@ -309,5 +306,5 @@ def build_model(
                 x = factory.conv_bn_relu(x, _width(item, width_multiplier), padding="same")
     # For model A at 96x96 this is a plain flatten of the 1x1 map; larger inputs are averaged.
     x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
-    logits = factory.classifier(x, int(num_classes))
+    logits = factory.classifier(x, num_classes)
     return tf_keras.Model(inputs, logits, name=f"{arch}_{defense}")

@@ -105,16 +105,20 @@ def integer_values(name: str, values, *, minimum: int = 1) -> tuple[int, ...]:
     return tuple(sorted({int(v) for v in values}))
 
 
-def positive_pair(name: str, value) -> tuple[int, int]:
-    """Checks a positive int or a pair of them (a kernel size, an image size); a pair."""
-    if is_int(value):
+def positive_pair(name: str, value, *, allow_scalar: bool = True) -> tuple[int, int]:
+    """Checks a pair of positive ints (a kernel size, an image size (H, W)); a pair.
+
+    With ``allow_scalar`` a single positive int ``n`` is also taken, as ``(n, n)``.
+    """
+    if allow_scalar and is_int(value):
         value = (value, value)
     if (
         not isinstance(value, tuple | list)
         or len(value) != 2
         or not all(is_int(v) and v > 0 for v in value)
     ):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+        wanted = "a positive int or a pair of them" if allow_scalar else "two positive integers"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return int(value[0]), int(value[1])
 
 

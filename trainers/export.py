@@ -27,12 +27,15 @@ def main(argv):
     from tfp_advbnn import export, models, training
 
     model, config, model_spec = training.restore_model(FLAGS.model_dir)
-    num_samples = FLAGS.num_samples if models.is_stochastic(config.defense) else 1
+    num_samples = models.num_draws(config.objective.defense, FLAGS.num_samples)
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.model_dir, export.SAVED_MODEL_DIRNAME)
     export.export_saved_model(
         model, export_dir, num_samples=num_samples, image_shape=tuple(model_spec["image_shape"])
     )
-    print(f"Exported {config.defense} {config.model} ({num_samples} draws) to {export_dir}")
+    print(
+        f"Exported {config.objective.defense} {config.network.model} ({num_samples} draws) "
+        f"to {export_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ r"""Searches alpha, sigma_0, init_s and the learning rate with KerasTuner.
   python -m trainers.tune ... --fix_alpha=0.1 --sigma_0_min=0.02 --objective=combined
   python -m trainers.tune ... --train_best --epochs=200
 
-Every trial trains with the shared training flags of trainers.main and the trial's values for
+Every trial trains with the shared training flags (trainers.flags) and the trial's values for
 --epochs_per_trial epochs (Hyperband: its own budget, at most that) on the training set less its
 last --validation_examples images, and is scored on those held-out images: ensemble accuracy
 (val_accuracy), ensemble accuracy under PGD-<eval_pgd_steps> at --train_eps
@@ -28,17 +28,12 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import importlib  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
-from trainers.main import (  # noqa: E402
-    config_from_flags,
-    define_training_flags,
-    model_name,
-    run_training,
-)
+from trainers import flags as training_flags  # noqa: E402
+from trainers.main import run_training  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -47,7 +42,7 @@ def define_flags() -> None:
     """Defines the shared training flags and those of the search."""
     from tfp_advbnn import tuning
 
-    define_training_flags()
+    training_flags.define_training_flags()
     flags.DEFINE_enum("tuner", "random", list(tuning.TUNERS), "KerasTuner search algorithm.")
     flags.DEFINE_integer("max_trials", 10, "Most trials the search runs in all (>= 1).")
     flags.DEFINE_string(
@@ -112,19 +107,20 @@ def search_space_from_flags():
 
 def search_config_from_flags():
     """A validated SearchConfig from the parsed flags (the validation count not yet capped)."""
-    from tfp_advbnn import tuning
+    from tfp_advbnn import tuning, validation
 
     space = search_space_from_flags()
     tuner_dir = FLAGS.tuner_dir or os.path.join(
-        "runs", f"tune_{FLAGS.dataset}_{model_name()}_{FLAGS.defense}"
+        "runs", f"tune_{FLAGS.dataset}_{training_flags.model_name()}_{FLAGS.defense}"
     )
-    if FLAGS.validation_examples < 1:
-        raise app.UsageError(
-            f"--validation_examples must be an integer >= 1, got {FLAGS.validation_examples}"
-        )
+    try:
+        # Before the TrainConfig's check, which takes 0 for "no validation split".
+        validation.integer("validation_examples", FLAGS.validation_examples, minimum=1)
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from None
     search = tuning.SearchConfig(
         tuner_dir=tuner_dir,
-        base=config_from_flags(
+        base=training_flags.config_from_flags(
             model_dir=tuner_dir,
             validation_examples=FLAGS.validation_examples,
             checkpoint_every_steps=FLAGS.checkpoint_every_steps,
@@ -139,19 +135,10 @@ def search_config_from_flags():
     )
     try:
         search.validate()
+        validation.integer("export_num_samples", FLAGS.export_num_samples, minimum=1)
+        tuning.check_tuner_available(search.tuner)
     except ValueError as error:
         raise app.UsageError(f"--{error}") from None
-    if FLAGS.export_num_samples < 1:
-        raise app.UsageError(
-            f"--export_num_samples must be an integer >= 1, got {FLAGS.export_num_samples}"
-        )
-    if search.tuner == "bayesian":
-        try:
-            importlib.import_module("sklearn.gaussian_process")
-        except ImportError as error:
-            raise app.UsageError(
-                f"--tuner=bayesian needs scikit-learn (KerasTuner's Gaussian process): {error}"
-            ) from None
     return search
 
 
@@ -163,11 +150,11 @@ def main(argv):
     # TensorFlow's checkpoint INFO lines would drown the trial results.
     logging.set_verbosity(logging.WARNING)
     search = search_config_from_flags()
-    requested = search.base.validation_examples
+    requested = search.base.data.validation_examples
     search, image_data = tuning.load_search_data(search)
-    if search.base.validation_examples < requested:
+    if search.base.data.validation_examples < requested:
         print(
-            f"Holding out {search.base.validation_examples} validation images instead of "
+            f"Holding out {search.base.data.validation_examples} validation images instead of "
             f"{requested}: at most {tuning.MAX_VALIDATION_FRACTION:.0%} of the training images.",
             flush=True,
         )

@@ -1,0 +1,45 @@
+"""The attack evaluator: one call per score of a deterministic model; restarts only add fools."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from eval_support import eval_config, tiny_fn
+
+from tfp_advbnn.evaluation.sweeps import run_sweep
+
+pytest_plugins = ["eval_support"]
+
+
+@pytest.mark.parametrize("defense, calls_per_score", [("plain", 1), ("adv_bnn", 5)])
+def test_deterministic_models_are_scored_with_one_call(fit_set, defense, calls_per_score):
+    # Every draw of a deterministic model is the same, so its ensemble of 5 is one call; a
+    # stochastic model's is 5. Calls: 2 (the stochasticity probe), then per batch the clean
+    # score and, per eps, attack_steps attack calls (one per step) and the score.
+    model_fn = tiny_fn(defense)
+    calls = tf.Variable(0)
+
+    def counting_fn(x):
+        calls.assign_add(1)
+        return model_fn(x)
+
+    images, labels = fit_set
+    config = eval_config(eps_grid=(0.0, 0.02), attack_steps=3, num_samples=5, batch_size=32)
+    run_sweep(counting_fn, images[:32], labels[:32], config)
+    attack_calls = 3
+    # The eps-0 "attack" runs too: PGD projects onto the radius-0 ball.
+    assert int(calls.numpy()) == 2 + calls_per_score + 2 * (attack_calls + calls_per_score)
+
+
+def test_random_restarts_never_increase_accuracy(trained, fit_set):
+    images, labels = fit_set
+    config = eval_config(eps_grid=(0.01, 0.03), num_samples=1, max_examples=32)
+    once = run_sweep(trained.model_fn, images, labels, config)
+    restarted = run_sweep(
+        trained.model_fn, images, labels, dataclasses.replace(config, random_restarts=2)
+    )
+    # The first run is the same deterministic attack; restarts can only add fooled examples.
+    assert not np.any(restarted.correct & ~once.correct)
+    assert all(r <= o for r, o in zip(restarted.accuracy, once.accuracy, strict=True))
+    assert np.all(restarted.distortion <= np.array(restarted.eps)[:, None] + 1e-6)

@@ -1,0 +1,29 @@
+"""Figures of reports: a sweep's curve is drawn; a report of no known mode is refused."""
+
+import pytest
+from eval_support import assert_png
+
+from tfp_advbnn.evaluation.plots import plot_report
+
+SWEEP = {
+    "mode": "sweep",
+    "label": "model",
+    "attack": "pgd_linf",
+    "norm": "linf",
+    "pgd_steps": 20,
+    "num_eot_samples": 1,
+    "num_samples": 10,
+    "eps": [0.0, 0.03],
+    "accuracy": [0.9, 0.4],
+}
+
+
+def test_sweep_figure_is_a_png(tmp_path):
+    path = tmp_path / "figures" / "sweep.png"
+    assert plot_report(SWEEP, str(path)) == str(path)
+    assert_png(path)
+
+
+def test_unknown_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="histogram"):
+        plot_report({**SWEEP, "mode": "histogram"}, str(tmp_path / "x.png"))

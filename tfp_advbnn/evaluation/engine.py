@@ -1,0 +1,282 @@
+"""The attack evaluator: traced attack and scoring functions, and per-example outcomes.
+
+Every evaluation mode reduces to ``attack_outcomes`` (craft on one model, score on several, per
+eps and example) and ``clean_correct``. Work is batched and runs in graph mode: per batch, one
+``tf.function`` crafts the adversarial images and another scores them with the ensemble; eps and
+the step size are tensors, so one trace serves every batch and every eps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfp_advbnn import models
+from tfp_advbnn.config import EvalConfig
+from tfp_advbnn.evaluation import protocols
+from tfp_advbnn.evaluation.protocols import AttackSpec
+
+
+def draws_differ(model_fn: Callable, images) -> bool:
+    """Whether two calls of ``model_fn`` on the same images give different logits."""
+    x = tf.constant(np.asarray(images, np.float32))
+    return not np.array_equal(model_fn(x).numpy(), model_fn(x).numpy())
+
+
+class Evaluator:
+    """Traced attack and scoring functions of one model_fn, created once and reused.
+
+    Input signatures with an unknown batch size make one trace serve every batch (the last one
+    is usually smaller) and every eps. A deterministic model is scored with one call whatever
+    the ensemble size asked for (every draw would be the same), and APGD's ensemble pick of its
+    returned point is skipped for it.
+
+    Args:
+      model_fn: images -> logits, one draw per call.
+      images: float32 [N, H, W, 3], the evaluated examples (the first few decide ``stochastic``).
+      stochastic: whether ``model_fn`` is random (None: found by calling it twice).
+    """
+
+    def __init__(self, model_fn: Callable, images: np.ndarray, stochastic: bool | None = None):
+        self.model_fn = model_fn
+        if stochastic is None:
+            stochastic = draws_differ(model_fn, images[: min(len(images), 8)])
+        self.stochastic = bool(stochastic)
+        self._images = tf.TensorSpec([None, *images.shape[1:]], tf.float32)
+        self._labels = tf.TensorSpec([None], tf.int32)
+        self._scalar = tf.TensorSpec([], tf.float32)
+        self._functions = {}
+
+    def craft(self, spec: AttackSpec, random_start: bool):
+        """tf.function (images, labels, eps, step_size, seed) -> adversarial images."""
+        key = ("craft", spec, random_start)
+        if key not in self._functions:
+            model_fn = self.model_fn
+            selection_samples = spec.selection_samples if self.stochastic else 0
+
+            def craft(images, labels, eps, step_size, seed):
+                return protocols.craft(
+                    spec,
+                    model_fn,
+                    images,
+                    labels,
+                    eps=eps,
+                    step_size=step_size,
+                    seed=seed,
+                    random_start=random_start,
+                    selection_samples=selection_samples,
+                )
+
+            signature = [self._images, self._labels, self._scalar, self._scalar]
+            signature.append(tf.TensorSpec([2], tf.int64))
+            self._functions[key] = tf.function(craft, input_signature=signature)
+        return self._functions[key]
+
+    def score(self, num_samples: int, norm: str, thresholded: bool):
+        """tf.function (images, x_adv, labels, eps) -> (correct bool [B], distortion float [B])."""
+        if not self.stochastic:
+            num_samples = 1
+        key = ("score", num_samples, norm, thresholded)
+        if key not in self._functions:
+            model_fn = self.model_fn
+
+            def score(images, x_adv, labels, eps):
+                distortion = per_example_norm(x_adv - images, norm)
+                if thresholded:
+                    within = distortion <= eps
+                    x_adv = tf.where(within[:, None, None, None], x_adv, images)
+                    distortion = tf.where(within, distortion, 0.0)
+                probabilities = models.ensemble_probabilities(model_fn, x_adv, num_samples)
+                predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+                return tf.equal(predicted, labels), distortion
+
+            signature = [self._images, self._images, self._labels, self._scalar]
+            self._functions[key] = tf.function(score, input_signature=signature)
+        return self._functions[key]
+
+    def input_gradient(self):
+        """tf.function (images, labels) -> d cross-entropy / d images of one model_fn call."""
+        key = ("gradient",)
+        if key not in self._functions:
+            model_fn = self.model_fn
+
+            def gradient(images, labels):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(images)
+                    logits = tf.cast(model_fn(images), tf.float32)
+                    loss = tf.reduce_sum(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+                    )
+                return tape.gradient(
+                    loss, images, unconnected_gradients=tf.UnconnectedGradients.ZERO
+                )
+
+            signature = [self._images, self._labels]
+            self._functions[key] = tf.function(gradient, input_signature=signature)
+        return self._functions[key]
+
+
+def per_example_norm(delta: tf.Tensor, norm: str) -> tf.Tensor:
+    """L-inf or L2 norm of each example of ``delta`` [B, H, W, C] -> float32 [B]."""
+    flat = tf.reshape(delta, [tf.shape(delta)[0], -1])
+    if norm == "linf":
+        return tf.reduce_max(tf.abs(flat), axis=1)
+    return tf.norm(flat, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A model scoring adversarial images: its evaluator and its ensemble size."""
+
+    evaluator: Evaluator
+    num_samples: int
+
+
+def _progress(total: int, enabled: bool):
+    """A progress bar on a terminal; silent when output is not a TTY (logs, CI, tests)."""
+    verbose = 1 if enabled and sys.stdout.isatty() else 0
+    return tf_keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
+
+
+def batches(num_examples: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of at most ``batch_size`` examples covering ``num_examples``."""
+    return [slice(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
+
+
+def attack_outcomes(
+    source: Evaluator,
+    targets: Sequence[Target],
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: AttackSpec,
+    eps_values: Sequence[float],
+    *,
+    restarts: int,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crafts on ``source`` and scores on every target, per eps and example.
+
+    Returns:
+      correct: bool [T, E, N], whether target t classifies example n correctly after every run
+        of the attack at eps e.
+      distortion: float32 [E, N], the norm of the perturbation that counts for target 0: that of
+        the first run fooling it, else that of the first run.
+    """
+    num = len(images)
+    eps_values = [float(e) for e in eps_values]
+    correct = np.ones((len(targets), len(eps_values), num), bool)
+    distortion = np.zeros((len(eps_values), num), np.float32)
+    parts = batches(num, batch_size)
+    bar = _progress(len(parts) * (restarts + 1) * len(eps_values), progress)
+    done = 0
+    for batch_index, part in enumerate(parts):
+        x = tf.constant(images[part], tf.float32)
+        y = tf.constant(labels[part], tf.int32)
+        for run in range(restarts + 1):
+            craft = source.craft(spec, random_start=run > 0)
+            # Distinct stateless seeds per (run, batch) make every random start reproducible.
+            seed_pair = tf.constant([seed, (run << 32) + batch_index], tf.int64)
+            unbounded_adv = None
+            for e, eps in enumerate(eps_values):
+                eps_t = tf.constant(eps, tf.float32)
+                if spec.thresholded:
+                    # C&W ignores eps: craft once per batch and run, cut at each eps when scored.
+                    if unbounded_adv is None:
+                        unbounded_adv = craft(x, y, eps_t, tf.constant(1.0), seed_pair)
+                    x_adv = unbounded_adv
+                else:
+                    step = tf.constant(spec.step_size_for(eps), tf.float32)
+                    x_adv = craft(x, y, eps_t, step, seed_pair)
+                for t, target in enumerate(targets):
+                    score = target.evaluator.score(target.num_samples, spec.norm, spec.thresholded)
+                    ok, dist = score(x, x_adv, y, eps_t)
+                    ok = ok.numpy()
+                    if t == 0:
+                        newly_fooled = correct[0, e, part] & ~ok
+                        if run == 0:
+                            distortion[e, part] = dist.numpy()
+                        else:
+                            distortion[e, part] = np.where(
+                                newly_fooled, dist.numpy(), distortion[e, part]
+                            )
+                    correct[t, e, part] &= ok
+                done += 1
+                bar.update(done)
+    return correct, distortion
+
+
+def clean_correct(
+    evaluator: Evaluator, images, labels, *, num_samples: int, batch_size: int
+) -> np.ndarray:
+    """bool [N]: the ensemble of ``num_samples`` draws classifies clean example n correctly."""
+    score = evaluator.score(num_samples, "linf", False)
+    correct = np.zeros(len(images), bool)
+    for part in batches(len(images), batch_size):
+        x = tf.constant(images[part], tf.float32)
+        ok, _ = score(x, x, tf.constant(labels[part], tf.int32), tf.constant(0.0))
+        correct[part] = ok.numpy()
+    return correct
+
+
+def prepare(images, labels, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Checks the data and keeps the first ``config.max_examples`` examples.
+
+    Returns float32 images [N, H, W, 3] in [0, 1] and int32 labels [N].
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape [N, H, W, 3], got {images.shape}")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must have shape [{images.shape[0]}], got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if len(images) == 0:
+        raise ValueError("no examples to evaluate")
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise ValueError(
+            f"images must lie in [0, 1], got values in [{images.min()}, {images.max()}]"
+        )
+    if config.max_examples is not None:
+        images, labels = images[: config.max_examples], labels[: config.max_examples]
+    return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Per-example outcome of a sweep.
+
+    Attributes:
+      eps: E radii.
+      correct: bool [E, N], robust after every run at each eps.
+      distortion: float32 [E, N], measured norm of each counted perturbation.
+      clean_correct: bool [N], correct on the clean image.
+    """
+
+    eps: tuple[float, ...]
+    correct: np.ndarray
+    distortion: np.ndarray
+    clean_correct: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.clean_correct.shape[0])
+
+    @property
+    def accuracy(self) -> list[float]:
+        return [float(v) for v in self.correct.mean(axis=1)]
+
+    @property
+    def mean_distortion(self) -> list[float]:
+        return [float(v) for v in self.distortion.mean(axis=1)]
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.mean())
