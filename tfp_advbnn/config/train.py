@@ -1,35 +1,12 @@
-"""The settings of a run as nested frozen dataclasses: each setting is declared once, here.
-
-A ``TrainConfig`` is its ``model_dir`` and seven sections: ``data``, ``network``, ``objective``
-(the defense and its KL term), ``attack`` (the training attack), ``optim``, ``monitor``
-(per-epoch evaluation and export) and ``runtime``. An ``EvalConfig`` holds the settings of one
-evaluation. Every field is declared with ``setting(default, help, ...)``: its help text, its
-choices, the defenses it applies to and whether the recipe (``training.recipe_defaults``) gives
-its default live in the field's metadata. The command-line flags (``trainers/flags.py``) are
-generated from these declarations, so no setting is written a second time.
-
-Flat names: a field's name is unique across the sections of its config and is also its flag
-name (``--alpha`` sets ``objective.alpha``). ``TrainConfig.from_flat(alpha=0.1, ...)`` and
-``config.replace(alpha=0.1)`` take flat names; ``config.flat()`` gives them. Errors of
-``validate()`` name the field by its path (``objective.alpha``); ``trainers/flags.py`` turns
-the path into the flag. Units: radii and step sizes are in [0, 1] pixel scale;
-``kl_warmup_epochs`` is in epochs (fractions allowed).
-
-Examples:
-    >>> config = TrainConfig.from_flat(model_dir="runs/a", defense="bnn", alpha=0.1)
-    >>> config.objective.alpha
-    0.1
-    >>> config.replace(epochs=3).optim.epochs
-    3
-"""
+"""TrainConfig: the settings of a training run, in seven sections, and their accepted values."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 
 from tfp_advbnn import attacks, data, models, validation
+from tfp_advbnn.config.declare import FlatConfig, section, setting, settings_of
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 OPTIMIZERS = ("adam", "sgd")
@@ -43,135 +20,8 @@ KL_SCOPES = ("all", "classifier")
 INIT_S = 0.002
 
 # The paper's eps grids (Sec. 5): CIFAR-10 and STL-10 up to 0.07, ImageNet-143 ("folder") 0.02.
-DEFAULT_EPS_GRIDS = {
-    "cifar10": tuple(round(0.005 * i, 3) for i in range(15)),
-    "stl10": tuple(round(0.005 * i, 3) for i in range(15)),
-    "folder": tuple(round(0.002 * i, 3) for i in range(11)),
-}
-
 _BAYESIAN = ("bnn", "adv_bnn")
 _ADVERSARIAL = ("adv", "adv_bnn")
-
-
-def setting(default, help: str, *, choices=None, applies_to=None, recipe: bool = False):
-    """Declares one setting: a dataclass field whose metadata the flags are generated from.
-
-    Args:
-      default: the value when nothing sets it (for ``recipe`` settings, CIFAR-10's Adv-BNN one).
-      help: one line for ``--help``.
-      choices: the accepted values of a string setting (the flag is then an enum).
-      applies_to: the defenses that read the setting; None: all of them.
-      recipe: the flag's default is the recipe's value for the run's dataset and defense.
-    """
-    metadata = {"help": help, "choices": choices, "applies_to": applies_to, "recipe": recipe}
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def _section(cls):
-    return dataclasses.field(default_factory=cls, metadata={"section": cls})
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One declared setting as seen from outside: its path, flat name and declaration."""
-
-    path: str
-    name: str
-    field: dataclasses.Field
-
-    @property
-    def help(self) -> str:
-        return self.field.metadata["help"]
-
-    @property
-    def choices(self):
-        return self.field.metadata["choices"]
-
-    @property
-    def applies_to(self):
-        return self.field.metadata["applies_to"]
-
-    @property
-    def recipe(self) -> bool:
-        return self.field.metadata["recipe"]
-
-    @property
-    def default(self):
-        return self.field.default
-
-    @property
-    def type(self) -> str:
-        """The annotation as written, e.g. ``"int | None"`` or ``"tuple[float, ...]"``."""
-        return str(self.field.type)
-
-
-def settings_of(cls, prefix: str = "") -> Iterator[Setting]:
-    """Every declared setting of the config class ``cls``, sections flattened, in order."""
-    for field in dataclasses.fields(cls):
-        section = field.metadata.get("section")
-        if section is not None:
-            yield from settings_of(section, f"{prefix}{field.name}.")
-        elif "help" in field.metadata:
-            yield Setting(f"{prefix}{field.name}", field.name, field)
-
-
-class _Flat:
-    """Flat-name construction and access for a config class (sections optional)."""
-
-    @classmethod
-    def flat_names(cls) -> tuple[str, ...]:
-        return tuple(s.name for s in settings_of(cls)) + cls._plain_names()
-
-    @classmethod
-    def _plain_names(cls) -> tuple[str, ...]:
-        """Fields declared without ``setting`` (a TrainConfig's model_dir)."""
-        return tuple(
-            f.name
-            for f in dataclasses.fields(cls)
-            if "help" not in f.metadata and "section" not in f.metadata
-        )
-
-    @classmethod
-    def path_of(cls, name: str) -> str:
-        """The path of the flat name ``name`` (``"alpha"`` -> ``"objective.alpha"``)."""
-        for setting_ in settings_of(cls):
-            if setting_.name == name:
-                return setting_.path
-        return name
-
-    @classmethod
-    def from_flat(cls, **values):
-        """The config whose fields take ``values`` (flat names); the others keep defaults."""
-        unknown = sorted(set(values) - set(cls.flat_names()))
-        if unknown:
-            raise ValueError(f"{cls.__name__} has no fields {unknown}")
-        arguments = {}
-        for field in dataclasses.fields(cls):
-            section = field.metadata.get("section")
-            if section is not None:
-                names = {f.name for f in dataclasses.fields(section)}
-                arguments[field.name] = section(**{k: v for k, v in values.items() if k in names})
-            elif field.name in values:
-                arguments[field.name] = values[field.name]
-        return cls(**arguments)
-
-    def flat(self) -> dict:
-        """Every field by its flat name."""
-        values = {name: getattr(self, name) for name in self._plain_names()}
-        for setting_ in settings_of(type(self)):
-            values[setting_.name] = self.get(setting_.path)
-        return values
-
-    def get(self, path: str):
-        """The value at ``path`` (``"objective.alpha"``) or of a flat name."""
-        value = self
-        for part in self.path_of(path).split("."):
-            value = getattr(value, part)
-        return value
-
-    def replace(self, **values):
-        """A copy with the fields of ``values`` (flat names) replaced."""
-        return type(self).from_flat(**{**self.flat(), **values})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +180,7 @@ class RuntimeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(_Flat):
+class TrainConfig(FlatConfig):
     """Everything a training run needs: its model_dir and the seven sections.
 
     The defaults are those of CIFAR-10 and Adv-BNN; ``training.recipe_defaults(dataset,
@@ -338,13 +188,13 @@ class TrainConfig(_Flat):
     """
 
     model_dir: str
-    data: DataConfig = _section(DataConfig)
-    network: NetworkConfig = _section(NetworkConfig)
-    objective: ObjectiveConfig = _section(ObjectiveConfig)
-    attack: AttackConfig = _section(AttackConfig)
-    optim: OptimConfig = _section(OptimConfig)
-    monitor: MonitorConfig = _section(MonitorConfig)
-    runtime: RuntimeConfig = _section(RuntimeConfig)
+    data: DataConfig = section(DataConfig)
+    network: NetworkConfig = section(NetworkConfig)
+    objective: ObjectiveConfig = section(ObjectiveConfig)
+    attack: AttackConfig = section(AttackConfig)
+    optim: OptimConfig = section(OptimConfig)
+    monitor: MonitorConfig = section(MonitorConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig)
 
     def validate(self) -> None:
         """Raises ValueError naming the first invalid field (by its path) and its range."""
@@ -418,63 +268,3 @@ def _known(values: dict, names) -> dict:
     if unknown:
         raise ValueError(f"config.json has unknown fields {unknown}")
     return values
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig(_Flat):
-    """Settings of one evaluation; validated on construction (ValueError naming the field).
-
-    ``pgd_step_size`` None means ``attacks.default_step_size`` per eps (Madry et al.); APGD
-    adapts its own step and FGSM steps by eps. Radii are in [0, 1] pixel scale.
-    """
-
-    attack: str = setting("pgd_linf", "The white-box attack.", choices=attacks.ATTACKS)
-    eps_grid: tuple[float, ...] = setting(
-        DEFAULT_EPS_GRIDS["cifar10"],
-        "Comma-separated radii in [0, 1] pixel scale (L2 norms for pgd_l2 and cw). Default: the "
-        "paper's grid for the run's dataset (0, 0.005, ..., 0.07; ImageNet-143: 0, 0.002, ..., "
-        "0.02).",
-    )
-    attack_steps: int = setting(20, "Iterations of PGD / APGD (C&W: Adam steps), >= 1.")
-    pgd_step_size: float | None = setting(
-        None, "PGD step size in (0, 1]; default 2.5 * eps / steps."
-    )
-    random_restarts: int = setting(
-        0, "Extra attack runs from random starts; robust = survives all (>= 0)."
-    )
-    num_eot_samples: int = setting(
-        1, "Weight draws averaged per attack gradient (EOT), >= 1; 1 as the paper; try 10."
-    )
-    num_samples: int = setting(10, "Weight draws of the ensemble prediction (eq. 18), >= 1.")
-    max_examples: int | None = setting(None, "Evaluate on the first N test examples only.")
-    batch_size: int = setting(100, "Examples per graph call, >= 1.")
-    seed: int = setting(0, "Seed of the random starts and of TensorFlow's global RNG.")
-    cw_c: float = setting(1.0, "Weight of the C&W margin term (--attack=cw), >= 0.")
-    check_examples: int = setting(500, "Examples the gradient-masking checks run on, >= 1.")
-    check_eot_samples: int = setting(
-        10, "EOT draws of the multi-draw attack in the EOT check, >= 2."
-    )
-
-    def __post_init__(self):
-        attacks.get(self.attack)
-        object.__setattr__(self, "eps_grid", validation.unit_values("eps_grid", self.eps_grid))
-        minimums = {
-            "attack_steps": 1,
-            "random_restarts": 0,
-            "num_eot_samples": 1,
-            "num_samples": 1,
-            "batch_size": 1,
-            "seed": 0,
-            "check_examples": 1,
-            "check_eot_samples": 2,
-        }
-        for name, minimum in minimums.items():
-            validation.integer(name, getattr(self, name), minimum=minimum)
-        validation.optional_integer("max_examples", self.max_examples, minimum=1)
-        if self.pgd_step_size is not None:
-            validation.unit_interval("pgd_step_size", self.pgd_step_size, open_low=True)
-        validation.non_negative("cw_c", self.cw_c)
-
-    @property
-    def norm(self) -> str:
-        return attacks.get(self.attack).norm
