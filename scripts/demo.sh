@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the virtual env (if needed), then shows what the defense buys: it trains a plain VGG16
+# Creates the virtual env (if needed), then shows what the defense buys: it trains a plain VGG11
 # and an Adv-BNN with the same budget on CIFAR-10 and attacks both with PGD-20 at 8/255.
 # About 5 minutes on 2 CPU cores. Data: $CIFAR10_DIR, else ../shared/data/cifar-10-batches-bin,
 # else tensorflow-datasets.
@@ -26,7 +26,7 @@ export TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=2
 # the KL the weight that the paper's alpha = 1 has on the full 50,000 images.
 # PGD-2 instead of the default PGD-10 in training, and the attack on 500 test images, keep the
 # demo within 5 minutes.
-BUDGET=(--dataset=cifar10 "${DATA_FLAG[@]}" --model=vgg16 --width_multiplier=0.25 --epochs=10
+BUDGET=(--dataset=cifar10 "${DATA_FLAG[@]}" --model=vgg11 --width_multiplier=0.25 --epochs=10
   --batch_size=64 --max_test_examples=500 --eval_num_samples=2)
 "$VENV/bin/python" -m trainers.main "${BUDGET[@]}" --defense=plain --model_dir="$MODEL_DIR/plain"
 "$VENV/bin/python" -m trainers.main "${BUDGET[@]}" --defense=adv_bnn --alpha=0.1017 \
