@@ -48,7 +48,7 @@ def test_tf_function_matches_eager(cifar_model, name, run):
 
 
 def test_every_name_resolves_to_a_consistent_entry():
-    assert ATTACKS == ("pgd_linf", "pgd_l2", "fgsm", "cw", "apgd")
+    assert ATTACKS == ("pgd_linf", "pgd_l2", "fgsm", "cw", "apgd", "apgd_dlr")
     assert attacks.ATTACKS is ATTACKS and attacks.get is get
     for name in ATTACKS:
         attack = get(name)
@@ -66,6 +66,7 @@ def test_names_norms_and_captions_are_those_evaluation_reports():
         "fgsm": "linf",
         "cw": "l2",
         "apgd": "linf",
+        "apgd_dlr": "linf",
     }
     assert {name: get(name).display_name for name in ATTACKS} == {
         "pgd_linf": "PGD (L\u221e)",
@@ -73,6 +74,7 @@ def test_names_norms_and_captions_are_those_evaluation_reports():
         "fgsm": "FGSM",
         "cw": "C&W (L2)",
         "apgd": "APGD-CE (L\u221e)",
+        "apgd_dlr": "APGD-DLR (L\u221e)",
     }
 
 
@@ -92,6 +94,7 @@ def test_families_and_the_step_arguments_each_attack_takes():
         "fgsm": ("single_step", True, False, False),
         "cw": ("optimization", False, True, False),
         "apgd": ("iterative", True, True, False),
+        "apgd_dlr": ("iterative", True, True, False),
     }
 
 
@@ -158,6 +161,17 @@ def test_a_registered_call_is_the_direct_call_with_the_settings_it_takes():
             norm="linf",
             selection_samples=2,
             seed=seed,
+            **common,
+        ),
+        "apgd_dlr": lambda: apgd(
+            model_fn,
+            images,
+            labels,
+            num_steps=3,
+            norm="linf",
+            selection_samples=2,
+            seed=seed,
+            loss="dlr",
             **common,
         ),
         "cw": lambda: cw_l2(model_fn, images, labels, c=0.5, num_steps=3),

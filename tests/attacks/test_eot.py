@@ -121,3 +121,49 @@ def test_attacks_compute_only_input_gradients(attack):
         x_adv = cw_l2(model_fn, images, labels, num_steps=3)
     assert not spy_backward_calls
     assert np.abs(x_adv.numpy() - images).max() > 0.0
+
+
+def _dlr_numpy(labels, logits):
+    """Croce & Hein (2020), eq. 6, written out per example."""
+    values = []
+    for label, row in zip(labels, logits, strict=True):
+        ordered = np.sort(row)[::-1]
+        best_other = np.max(np.delete(row, label))
+        values.append(-(row[label] - best_other) / (ordered[0] - ordered[2] + 1e-12))
+    return np.array(values)
+
+
+def test_dlr_loss_matches_the_formula_and_ignores_logit_shift_and_scale():
+    from tfp_advbnn.attacks.eot import dlr
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(64, 10)).astype(np.float32) * 3
+    labels = rng.integers(0, 10, size=64).astype(np.int32)
+    # Make some examples correctly classified, so both signs of the margin occur.
+    logits[np.arange(32), labels[:32]] += 10
+    got = dlr(tf.constant(labels), tf.constant(logits)).numpy()
+    np.testing.assert_allclose(got, _dlr_numpy(labels, logits), rtol=1e-5, atol=1e-6)
+    # Negative exactly where the true class has the largest logit.
+    np.testing.assert_array_equal(got < 0, np.argmax(logits, axis=1) == labels)
+    shifted = dlr(tf.constant(labels), tf.constant(7.0 * logits - 4.0)).numpy()
+    np.testing.assert_allclose(shifted, got, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="3 classes"):
+        dlr(tf.constant(labels[:4] % 2), tf.constant(logits[:4, :2]))
+
+
+def test_apgd_dlr_fools_a_linear_model_within_its_ball():
+    rng = np.random.default_rng(0)
+    weights = tf.constant(rng.normal(size=(3 * 4 * 4, 5)).astype(np.float32))
+    images = rng.uniform(size=(32, 4, 4, 3)).astype(np.float32)
+
+    def model_fn(x):
+        return tf.reshape(x, (-1, 48)) @ weights
+
+    labels = np.argmax(model_fn(images).numpy(), axis=1).astype(np.int32)
+    eps = 0.05
+    adversarial = apgd(model_fn, images, labels, eps=eps, num_steps=20, seed=1, loss="dlr").numpy()
+    assert np.abs(adversarial - images).max() <= eps + 1e-6
+    assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+    still_correct = np.argmax(model_fn(adversarial).numpy(), axis=1) == labels
+    # A linear model's DLR ascent finds the closest other class: far fewer stay correct.
+    assert still_correct.mean() < 0.5

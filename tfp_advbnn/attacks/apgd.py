@@ -1,4 +1,5 @@
-"""APGD-CE (Croce & Hein 2020): PGD with momentum and a step size that halves when progress stalls.
+"""APGD (Croce & Hein 2020): PGD with momentum and a step size that halves when progress stalls,
+on the cross-entropy (APGD-CE) or the difference-of-logits ratio (APGD-DLR).
 
 Its checkpoint schedule is ``apgd_checkpoints``. On a stochastic model the point it returns can
 be chosen by a fresh ensemble of weight draws (``ensemble_pick``) instead of by the noisy
@@ -12,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_advbnn import validation
-from tfp_advbnn.attacks.eot import eot_loss_grad
+from tfp_advbnn.attacks.eot import LOSSES, eot_loss_grad
 from tfp_advbnn.attacks.inputs import images_and_labels, seed_pair
 from tfp_advbnn.attacks.threats import broadcast_per_example, make_threat
 
@@ -46,8 +47,12 @@ def apgd(
     selection_samples=0,
     rho=0.75,
     seed=None,
+    loss="ce",
 ):
-    """APGD-CE (Croce & Hein 2020, Algorithm 1), untargeted, with EOT gradients.
+    """APGD (Croce & Hein 2020, Algorithm 1), untargeted, with EOT gradients.
+
+    ``loss="ce"`` is APGD-CE; ``loss="dlr"`` is APGD-DLR, the same loop on the
+    difference-of-logits ratio (``eot.dlr``), which AutoAttack runs after APGD-CE.
 
     Starting from a uniform random point of the ball, each step takes a steepest ascent step
     (sign for L-inf, normalized gradient for L2) of per-example size ``eta`` (initially
@@ -81,6 +86,7 @@ def apgd(
         (0: the in-loop choice below).
       rho: fraction in ``[0, 1]`` for condition (1).
       seed: ``None`` (fresh random start) or int / int tensor of shape [2] (reproducible start).
+      loss: ``"ce"`` (cross-entropy) or ``"dlr"`` (difference-of-logits ratio, >= 3 classes).
 
     Returns:
       float32 tensor like ``images`` within the eps-ball and [0, 1]. With ``selection_samples``
@@ -94,6 +100,7 @@ def apgd(
     selection_samples = validation.integer("selection_samples", selection_samples, minimum=0)
     rho = validation.number("rho", rho, low=0, high=1)
     seed = seed_pair(seed)
+    loss_fn = LOSSES[validation.choice("loss", loss, tuple(LOSSES))]
     images, labels = images_and_labels(images, labels)
     alpha = 0.75
 
@@ -110,9 +117,9 @@ def apgd(
     window = tf.constant(window)
 
     def evaluate(x):
-        grad, loss, probs = eot_loss_grad(model_fn, x, labels, num_eot_samples)
+        grad, losses, probs = eot_loss_grad(model_fn, x, labels, num_eot_samples, loss_fn)
         fooled = tf.argmax(probs, axis=1, output_type=tf.int32) != labels
-        return grad, loss, fooled
+        return grad, losses, fooled
 
     def per_example(mask):
         return broadcast_per_example(mask, images)

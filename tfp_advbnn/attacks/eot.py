@@ -10,8 +10,32 @@ and other variable arithmetic are never recorded for backprop.
 import tensorflow as tf
 
 
-def loss_grad(model_fn, x, labels):
-    """One model call: input gradient of the summed cross-entropy, per-example losses, probs.
+def cross_entropy(labels, logits):
+    """Per-example cross-entropy, float32 [B], of int labels [B] and logits [B, C]."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def dlr(labels, logits):
+    """Per-example difference-of-logits ratio (Croce & Hein 2020, eq. 6), float32 [B].
+
+    ``-(z_y - max_{i != y} z_i) / (z_(1) - z_(3) + 1e-12)`` with ``z_(k)`` the k-th largest
+    logit: invariant to shifting and scaling the logits, so a model's logit scale cannot hide
+    its gradient. Needs at least 3 classes.
+    """
+    num_classes = logits.shape[-1]
+    if num_classes is not None and num_classes < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, got {num_classes}")
+    true_logit = tf.gather(logits, labels, axis=1, batch_dims=1)
+    others = tf.where(tf.one_hot(labels, tf.shape(logits)[1]) > 0, -float("inf"), logits)
+    top = tf.math.top_k(logits, k=3).values
+    return -(true_logit - tf.reduce_max(others, axis=1)) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+LOSSES = {"ce": cross_entropy, "dlr": dlr}
+
+
+def loss_grad(model_fn, x, labels, loss=cross_entropy):
+    """One model call: input gradient of the summed ``loss``, per-example losses, probs.
 
     Summing over the batch keeps each example's gradient independent of the batch size.
     Returns (grad like x, loss float32 [B], probabilities float32 [B, C]).
@@ -19,13 +43,13 @@ def loss_grad(model_fn, x, labels):
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(x)
         logits = tf.cast(model_fn(x), tf.float32)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        losses = loss(labels, logits)
         total = tf.reduce_sum(losses)
     grad = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return grad, losses, tf.nn.softmax(logits)
 
 
-def eot_loss_grad(model_fn, x, labels, num_eot_samples):
+def eot_loss_grad(model_fn, x, labels, num_eot_samples, loss=cross_entropy):
     """Expectation-over-transformation estimate from ``num_eot_samples`` model calls.
 
     Each call is an independent weight draw of a stochastic model (tiling the batch instead would
@@ -33,11 +57,11 @@ def eot_loss_grad(model_fn, x, labels, num_eot_samples):
     predicted probabilities [B, C] over the draws.
     """
     if num_eot_samples == 1:
-        return loss_grad(model_fn, x, labels)
+        return loss_grad(model_fn, x, labels, loss)
 
     def body(i, grad_sum, loss_sum, probs):
-        grad, loss, prob = loss_grad(model_fn, x, labels)
-        return i + 1, grad_sum + grad, loss_sum + loss, probs.write(i, prob)
+        grad, losses, prob = loss_grad(model_fn, x, labels, loss)
+        return i + 1, grad_sum + grad, loss_sum + losses, probs.write(i, prob)
 
     # The class count is unknown until model_fn runs, so probabilities go to a TensorArray.
     probs = tf.TensorArray(

@@ -7,6 +7,7 @@ lists the names. Adding an attack is one entry here.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 from tfp_advbnn import validation
@@ -114,6 +115,15 @@ _REGISTRY = {
             apgd,
             "linf",
             "APGD-CE (L\u221e)",
+            "iterative",
+            ("eps", "num_steps", "num_eot_samples", "selection_samples", "seed"),
+            True,
+        ),
+        Attack(
+            "apgd_dlr",
+            functools.partial(apgd, loss="dlr"),
+            "linf",
+            "APGD-DLR (L\u221e)",
             "iterative",
             ("eps", "num_steps", "num_eot_samples", "selection_samples", "seed"),
             True,

@@ -369,7 +369,7 @@ def checks(
 
     found = [check_monotonic(result.eps, result.correct, stochastic)]
 
-    unbounded_attack = "apgd" if config.attack == "apgd" else "pgd_linf"
+    unbounded_attack = config.attack if config.attack.startswith("apgd") else "pgd_linf"
     # Steps of 2.5 / 20 would bounce across the whole box: the unbounded attack gets at least
     # UNBOUNDED_MIN_STEPS steps, so a failure means the gradients, not the step size.
     unbounded = AttackSpec.of(

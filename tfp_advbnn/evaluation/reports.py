@@ -90,7 +90,7 @@ def sweep_summary(report: dict) -> str:
             "  Single-draw gradients, as the paper. For an adaptive evaluation of this "
             "stochastic model rerun with --num_eot_samples=10 (or more)."
         )
-        if report["attack"] == "apgd":
+        if report["attack"].startswith("apgd"):
             lines.append(
                 "  APGD halves its step when the loss stops rising; single-draw losses of a "
                 "stochastic model are too noisy for that rule, so give APGD --num_eot_samples=10 "
