@@ -46,12 +46,12 @@ def small_data(cifar_bin_dir):
 
 
 @pytest.fixture(autouse=True)
-def _restore_op_determinism():
-    """A deterministic Trainer turns TF op determinism on for the whole process; tests that
-    come after it in the same worker (layers with non-deterministic seeds) need it off."""
+def _op_determinism_off_after_each_test():
+    """A deterministic Trainer turns TF op determinism on for the whole process (also inside a
+    session fixture, before this one runs); later tests in the same worker, such as layers with
+    non-deterministic seeds, need it off. A test that needs it builds its Trainer again."""
     from tensorflow.python.framework import config as tf_config
 
-    was_enabled = tf_config.is_op_determinism_enabled()
     yield
-    if not was_enabled and tf_config.is_op_determinism_enabled():
+    if tf_config.is_op_determinism_enabled():
         tf_config.disable_op_determinism()
