@@ -14,12 +14,17 @@ setup(
         "tensorflow-probability==0.25.*",
         "tf-keras==2.21.*",
         "tensorflow-datasets>=4.9,<5",
+        "importlib_resources>=6",  # tfds's download and prepare path imports it
         "keras-tuner==1.4.8",
         "scikit-learn>=1.3",  # KerasTuner's Bayesian optimization
+        "grpcio>=1.60",  # the chief's oracle server of a distributed search
         "tensorboard>=2.20",
         "absl-py>=2.0",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        # PredictionLog / PredictRequest protos of the TF Serving warm-up file (export.py);
+        # its 2.21 release requires tensorflow>=2.21,<3, so it keeps the pinned TensorFlow.
+        "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
         "test": [
@@ -28,6 +33,10 @@ setup(
             "pytest-xdist>=3.5",
             "ruff>=0.6",
             "cleverhans==4.0.0",
+            # The Square attack and the independent-implementation check run in CI too.
+            "adversarial-robustness-toolbox==1.20.*",
         ],
+        # Square Attack (a gradient-free check) through the Adversarial Robustness Toolbox.
+        "attacks": ["adversarial-robustness-toolbox==1.20.*"],
     },
 )

@@ -33,6 +33,8 @@ RESUMABLE_FIELDS = frozenset(
         "epochs",
         "model_dir",
         "data_dir",
+        "download",
+        "log_every_secs",
         "checkpoint_every_steps",
         "strategy",
         "max_nonfinite_retries",

@@ -1,24 +1,29 @@
 r"""Evaluates trained runs under attack: sweeps, comparisons, transfer and ablations.
 
   python -m trainers.evaluate --model_dir=runs/demo
-  python -m trainers.evaluate --model_dir=runs/demo --attack=apgd --num_eot_samples=10
+  python -m trainers.evaluate --model_dir=runs/demo --protocol=adaptive
   python -m trainers.evaluate --mode=compare --model_dirs=runs/plain,runs/adv,runs/adv_bnn
   python -m trainers.evaluate --mode=transfer --model_dirs=runs/plain,runs/adv_bnn \
       --sweep_eps=0.035
   python -m trainers.evaluate --mode=ensemble_sweep --model_dir=runs/demo --sweep_sizes=1,5,20
   python -m trainers.evaluate --mode=steps_sweep --model_dir=runs/demo --sweep_steps=10,100,1000
 
+Two protocols: ``paper`` (default; PGD-20 with one weight draw per step, as the paper's Table 1)
+and ``adaptive`` (AutoAttack's version for randomized defenses: APGD-CE then APGD-DLR, 100
+iterations each, EOT over 20 draws per step on stochastic models, an example robust only if it
+survives both, and the Square black-box check); quote the adaptive protocol's robust_accuracy.
+
 Each run is read from its latest checkpoint, or from its SavedModel's ``sample_logits`` when it
 has no checkpoint, and evaluated on its own test set (its ``max_test_examples`` honoured). The
 report JSON goes to --output (default ``<model_dir>/evaluation/<mode>_<attack>.json``; for
 several runs, ``evaluation/`` beside them) and the figure to --plot (default: the JSON path with
 ``.png``); compare also writes its Markdown table beside the JSON (``.md``). A sweep report
-holds model_dir, defense, attack, num_examples, pgd_steps, num_samples, num_eot_samples,
-clean_accuracy, eps, accuracy, mean_distortion and checks (the gradient-masking checks of
-Carlini et al. 2019; a failed check is logged as a warning), plus the other settings and timing.
-For a stronger adaptive evaluation of a stochastic model, raise --num_eot_samples (10 or more)
-and --random_restarts, or use --attack=apgd with --num_eot_samples=10 or more (its step-size rule
-compares losses, which single draws make noisy).
+holds model_dir, defense, protocol, attack, num_examples, pgd_steps, num_samples,
+num_eot_samples, eps, clean_accuracy, accuracy (the paper's count), robust_accuracy (clean and
+adversarial predictions both correct, with the same draws), each with a 95 % Wilson interval
+(``*_interval``), mean_distortion, attacks (each attack alone), checks (the gradient-masking
+checks of Carlini et al. 2019; a failed check is logged as a warning) and notes, plus the other
+settings and timing.
 """
 
 import os
@@ -51,6 +56,12 @@ flags.DEFINE_list("sweep_sizes", ["1", "2", "5", "10", "20"], "Ensemble sizes fo
 flags.DEFINE_list(
     "sweep_steps", ["10", "20", "50", "100", "200", "500", "1000"], "Step counts for steps_sweep."
 )
+flags.DEFINE_float(
+    "fixed_step_size",
+    0.007,
+    "Step of every step count of --mode=steps_sweep, so more steps make a longer path (the "
+    "reference's 0.007 for CIFAR-10); 0: the step rule of --pgd_step_size (2.5 * eps / steps).",
+)
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (sweep and compare).")
 # The settings of the evaluation itself: one flag per EvalConfig field (tfp_advbnn.config).
 RENAMED = {"attack_steps": "pgd_steps"}
@@ -58,7 +69,8 @@ training_flags.define_flags(config.EvalConfig, renames=RENAMED)
 
 # Library errors start with the field they name; these fields are set by flags of other names.
 FLAG_OF_FIELD = {**RENAMED, "with_checks": "checks"}
-LISTS = {"eps_grid": float, "sweep_eps": float, "sweep_sizes": int, "sweep_steps": int}
+LISTS = {"sweep_eps": float, "sweep_sizes": int, "sweep_steps": int}
+CONFIG_LISTS = {"eps_grid": float, "adaptive_attacks": str}
 
 
 def _parse_list(name: str, kind):
@@ -105,19 +117,30 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     lists = {name: _parse_list(name, kind) for name, kind in LISTS.items()}
-    eps_grid, model_dirs = lists.pop("eps_grid"), _model_dirs()
+    config_lists = {name: _parse_list(name, kind) for name, kind in CONFIG_LISTS.items()}
+    model_dirs = _model_dirs()
     paths = dict(output=FLAGS.output, plot=FLAGS.plot, data_dir=FLAGS.data_dir)
+    fixed_step_size = FLAGS.fixed_step_size or None
     request = _checked(
-        lambda: runner.Request(FLAGS.mode, model_dirs, with_checks=FLAGS.checks, **paths, **lists)
+        lambda: runner.Request(
+            FLAGS.mode,
+            model_dirs,
+            with_checks=FLAGS.checks,
+            fixed_step_size=fixed_step_size,
+            **paths,
+            **lists,
+        )
     )
     # Settings are validated before any model is loaded, so a bad flag fails fast.
-    eps_grid = eps_grid or runner.default_eps_grid_of(model_dirs[0])
     settings = {
         name: FLAGS[RENAMED.get(name, name)].value
         for name in config.EvalConfig.flat_names()
-        if name != "eps_grid"
+        if name not in CONFIG_LISTS
     }
-    eval_config = _checked(lambda: config.EvalConfig(eps_grid=eps_grid, **settings))
+    settings.update({name: value for name, value in config_lists.items() if value is not None})
+    if "eps_grid" not in settings:
+        settings["eps_grid"] = runner.default_eps_grid_of(model_dirs[0], FLAGS.protocol)
+    eval_config = _checked(lambda: config.EvalConfig(**settings))
     evaluated = _checked(lambda: runner.run(request, eval_config), runner.RequestError)
     summary = reports.summary(evaluated.report)
     if summary is not None:

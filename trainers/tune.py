@@ -21,6 +21,18 @@ into --model_dir (default <tuner_dir>/best) and exports it like trainers.main.
 
 The tuned values are set by --fix_<name> or --<name>_min/--<name>_max, never by --alpha,
 --sigma_0, --init_s or --learning_rate.
+
+On several machines (KerasTuner's distributed mode): run the same command everywhere with
+KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (where the chief serves the oracle) and
+KERASTUNER_TUNER_ID=chief on one process, tuner0, tuner1, ... on the workers; --tuner_dir must
+be one directory all of them share. The workers run the trials; the chief writes the summary
+(and runs --train_best). A killed worker restarted with the same KERASTUNER_TUNER_ID resumes
+its trial from the trial's checkpoint:
+
+  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 KERASTUNER_TUNER_ID=chief \
+      python -m trainers.tune --tuner_dir=/shared/tune ...
+  KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000 KERASTUNER_TUNER_ID=tuner0 \
+      python -m trainers.tune --tuner_dir=/shared/tune ...
 """
 
 import os
@@ -110,6 +122,10 @@ def search_config_from_flags():
     from tfp_advbnn import tuning, validation
 
     space = search_space_from_flags()
+    try:
+        role = tuning.distributed_role()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     tuner_dir = FLAGS.tuner_dir or os.path.join(
         "runs", f"tune_{FLAGS.dataset}_{training_flags.model_name()}_{FLAGS.defense}"
     )
@@ -137,6 +153,7 @@ def search_config_from_flags():
         search.validate()
         validation.integer("export_num_samples", FLAGS.export_num_samples, minimum=1)
         tuning.check_tuner_available(search.tuner)
+        tuning.check_distributed(search, role)
     except ValueError as error:
         raise app.UsageError(f"--{error}") from None
     return search
@@ -158,12 +175,28 @@ def main(argv):
             f"{requested}: at most {tuning.MAX_VALIDATION_FRACTION:.0%} of the training images.",
             flush=True,
         )
+    role = tuning.distributed_role()
+    if role == "chief":
+        print(f"Chief: serving the oracle at {tuning.oracle_address()}", flush=True)
+    elif role == "worker":
+        print(
+            f"Worker {os.environ[tuning.TUNER_ID_ENV]}: taking trials from the chief at "
+            f"{tuning.oracle_address()}",
+            flush=True,
+        )
     try:
         best = tuning.run_search(search, image_data)
     except KeyboardInterrupt as interrupt:
         message = str(interrupt) or "rerun the same command to resume the search"
         print(f"Interrupted: {message}", file=sys.stderr)
         return 130
+    if best is None:
+        print(
+            f"Worker {os.environ[tuning.TUNER_ID_ENV]}: no trial left; the chief writes the "
+            "summary" + (" and runs --train_best" if FLAGS.train_best else ""),
+            flush=True,
+        )
+        return 0
     print(
         f"Best: trial {best['trial_id']}, {best['objective']}={best['objective_value']:.4f}, "
         f"{best['hyperparameters']} (in {os.path.join(search.tuner_dir, tuning.BEST_FILENAME)})",

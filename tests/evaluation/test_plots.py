@@ -15,6 +15,9 @@ SWEEP = {
     "num_samples": 10,
     "eps": [0.0, 0.03],
     "accuracy": [0.9, 0.4],
+    "accuracy_interval": [[0.85, 0.95], [0.3, 0.5]],
+    "robust_accuracy": [0.9, 0.35],
+    "robust_accuracy_interval": [[0.85, 0.95], [0.25, 0.45]],
 }
 
 

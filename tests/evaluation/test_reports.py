@@ -4,6 +4,7 @@ atomic writes of a report and its figure."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from tfp_advbnn.config import EvalConfig
@@ -11,8 +12,11 @@ from tfp_advbnn.evaluation.plots import plot_report
 from tfp_advbnn.evaluation.reports import (
     attack_caption,
     markdown_table,
+    plan_notes,
+    rates,
     report_settings,
     summary,
+    wilson_interval,
     write_json,
 )
 
@@ -24,6 +28,36 @@ def test_settings_and_caption_name_the_attack():
     assert attack_caption(settings) == "PGD (L\u221e), 7 steps, EOT 10, 2 random restarts"
     fgsm = report_settings(EvalConfig(attack="fgsm", random_restarts=1))
     assert attack_caption(fgsm) == "FGSM, 1 random restart"
+
+
+def test_adaptive_caption_names_both_attacks_their_eot_and_the_worst_case():
+    caption = attack_caption(report_settings(EvalConfig(protocol="adaptive")))
+    assert caption == (
+        "APGD-CE (L\u221e), 100 steps, EOT 20 on stochastic models + "
+        "APGD-DLR (L\u221e), 100 steps, EOT 20 on stochastic models, worst case per example"
+    )
+    # PGD of the paper protocol keeps its single draw; APGD defaults to 20 on stochastic models.
+    assert attack_caption(report_settings(EvalConfig())) == "PGD (L\u221e), 20 steps"
+    apgd = attack_caption(report_settings(EvalConfig(attack="apgd")))
+    assert apgd.endswith("EOT 20 on stochastic models")
+
+
+@pytest.mark.parametrize("successes, trials", [(0, 10), (3, 10), (10, 10), (45, 200), (1, 1017)])
+def test_wilson_interval_matches_scipy(successes, trials):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    expected = scipy_stats.binomtest(successes, trials).proportion_ci(method="wilson")
+    low, high = wilson_interval(successes, trials)
+    assert low == pytest.approx(expected.low, abs=1e-12)
+    assert high == pytest.approx(expected.high, abs=1e-12)
+
+
+def test_rates_reduce_the_example_axis_of_any_shape():
+    correct = np.array([[[1, 1, 0, 0], [1, 1, 1, 1]], [[0, 0, 0, 0], [1, 0, 0, 0]]], bool)
+    accuracy, intervals = rates(correct)
+    assert accuracy == [[0.5, 1.0], [0.0, 0.25]]
+    assert intervals[0][1] == wilson_interval(4, 4) and intervals[1][1] == wilson_interval(1, 4)
+    single, interval = rates(correct[0, 0])
+    assert single == 0.5 and interval == wilson_interval(2, 4)
 
 
 def test_markdown_table_rows_are_percentages():
@@ -49,18 +83,29 @@ def test_summary_of_a_stochastic_sweep_suggests_eot():
         "mode": "sweep",
         "label": "BNN",
         "attack": "pgd_linf",
+        "pgd_steps": 20,
         "clean_accuracy": 0.5,
+        "clean_accuracy_interval": [0.25, 0.75],
         "eps": [0.0],
         "accuracy": [0.5],
+        "accuracy_interval": [[0.25, 0.75]],
+        "robust_accuracy": [0.5],
+        "robust_accuracy_interval": [[0.25, 0.75]],
         "mean_distortion": [0.0],
+        "attacks": [{"attack": "pgd_linf", "num_eot_samples": 1}],
         "checks": [{"name": "unbounded_attack", "passed": False, "message": "why"}],
+        "notes": plan_notes([{"attack": "pgd_linf", "num_eot_samples": 1}], stochastic=True),
         "stochastic": True,
         "num_eot_samples": 1,
     }
     lines = summary(report).splitlines()
-    assert lines[0] == "BNN: clean accuracy 0.5000"
-    assert lines[3] == "  check unbounded_attack: FAIL: why"
-    assert "--num_eot_samples=10" in lines[4]
+    assert lines[0] == "BNN: clean accuracy 50.0 (25.0\u201375.0) %"
+    assert lines[1].startswith("  PGD (L\u221e), 20 steps;")
+    assert lines[4] == "  check unbounded_attack: FAIL: why"
+    assert "--protocol=adaptive" in lines[5]
+    assert plan_notes([{"attack": "pgd_linf", "num_eot_samples": 1}], stochastic=False) == []
+    apgd_notes = plan_notes([{"attack": "apgd", "num_eot_samples": 1}], stochastic=True)
+    assert "driven by noise" in apgd_notes[1]
     assert summary({"mode": "transfer"}) is None
 
 
@@ -75,6 +120,7 @@ def test_a_report_that_cannot_be_written_keeps_the_old_report_and_plot(tmp_path,
         "num_samples": 10,
         "eps": [0.0, 0.03],
         "accuracy": [0.9, 0.4],
+        "robust_accuracy": [0.9, 0.4],
     }
     json_path, png_path = tmp_path / "report.json", tmp_path / "report.png"
     write_json(report, str(json_path))

@@ -100,7 +100,8 @@ def test_cli_sweep_with_apgd_writes_report_and_plot(tmp_path, trained_dir):
     assert report["attack"] == "apgd" and report["defense"] == "plain"
     assert report["model_dir"] == str(trained_dir) and report["num_examples"] == 24
     assert report["eps"] == [0.0, 0.01, 0.03] and len(report["accuracy"]) == 3
-    assert [c["name"] for c in report["checks"]] == CHECK_NAMES
+    # APGD is compared with PGD as well.
+    assert [c["name"] for c in report["checks"]] == [*CHECK_NAMES, "not_weaker_than_pgd"]
     assert report["model_source"] == "checkpoint"
     assert_png(tmp_path / "report.png")
 
@@ -179,4 +180,5 @@ def test_evaluate_cli_attacks_with_pgd_20_by_default():
         text=True,
         timeout=120,
     )
-    assert re.search(r"--pgd_steps:.*\n.*\(default: '20'\)", result.stdout), result.stdout[-2000:]
+    help_text = " ".join(result.stdout.split())
+    assert re.search(r"--pgd_steps:[^-]*default 20 \(adaptive: 100\)", help_text), help_text[-2000:]

@@ -21,10 +21,16 @@ def test_compare_writes_curves_and_a_table(tmp_path, trained, fit_set):
     assert all(len(m["accuracy"]) == 3 and m["num_examples"] == 24 for m in report["models"])
     table = report["table_markdown"].splitlines()
     assert table[2] == "| Model | 0 | 0.01 | 0.03 |"
-    first_row = "| No defense | " + " | ".join(
-        f"{100 * a:.1f}" for a in report["models"][0]["accuracy"]
-    )
-    assert table[4] == first_row + " |" and table[5].startswith("| RSE |")
+    first = report["models"][0]
+    cells = [
+        f"{100 * a:.1f} ({100 * low:.1f}\u2013{100 * high:.1f})"
+        for a, (low, high) in zip(first["accuracy"], first["accuracy_interval"], strict=True)
+    ]
+    assert table[4] == "| No defense | " + " | ".join(cells) + " |"
+    assert table[5].startswith("| RSE |")
+    # The second table counts an example only when its clean prediction is right too.
+    robust_rows = table[table.index("| Model | 0 | 0.01 | 0.03 |", 3) + 2 :]
+    assert robust_rows[0].startswith(f"| No defense | {100 * first['robust_accuracy'][0]:.1f} (")
     write_json(report, str(tmp_path / "compare.json"))
     plot_report(report, str(tmp_path / "compare.png"))
     assert_png(tmp_path / "compare.png")

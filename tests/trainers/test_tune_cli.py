@@ -15,8 +15,8 @@ from tfp_advbnn.tuning.summaries import BEST_FILENAME, SUMMARY_FILENAME
 from tfp_advbnn.tuning.tuner import SEARCH_FILENAME
 
 
-def _run_cli(args, timeout):
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
+def _run_cli(args, timeout, **environ):
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2", **environ)
     return subprocess.run(
         [sys.executable, "-m", "trainers.tune", *args],
         cwd=REPO_ROOT,
@@ -89,4 +89,16 @@ def test_cli_rejects_bad_flags_naming_them(tmp_path, args, message):
     result = _run_cli([f"--tuner_dir={tmp_path / 'search'}", *args], timeout=120)
     assert result.returncode != 0
     assert message in result.stderr
+    assert not (tmp_path / "search").exists()
+
+
+def test_cli_rejects_an_incomplete_distributed_environment(tmp_path):
+    result = _run_cli(
+        [f"--tuner_dir={tmp_path / 'search'}"],
+        timeout=120,
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_TUNER_ID="tuner0",
+    )
+    assert result.returncode != 0
+    assert "KERASTUNER_ORACLE_PORT is not set" in result.stderr
     assert not (tmp_path / "search").exists()

@@ -24,7 +24,13 @@ Examples:
 """
 
 from tfp_advbnn.config.declare import FlatConfig, Setting, setting, settings_of
-from tfp_advbnn.config.evaluate import DEFAULT_EPS_GRIDS, EvalConfig
+from tfp_advbnn.config.evaluate import (
+    ADAPTIVE_EOT_SAMPLES,
+    ADAPTIVE_EPS_GRIDS,
+    DEFAULT_EPS_GRIDS,
+    PROTOCOLS,
+    EvalConfig,
+)
 from tfp_advbnn.config.train import (
     EVAL_SPLITS,
     INIT_S,
@@ -44,7 +50,10 @@ from tfp_advbnn.config.train import (
 )
 
 __all__ = [
+    "ADAPTIVE_EOT_SAMPLES",
+    "ADAPTIVE_EPS_GRIDS",
     "DEFAULT_EPS_GRIDS",
+    "PROTOCOLS",
     "EVAL_SPLITS",
     "INIT_S",
     "KL_SCOPES",

@@ -5,9 +5,11 @@ Every pipeline yields `(images, labels)` batches: images float32 [B, H, W, 3] wi
 
 Sources:
 - `cifar10`: a local copy in the official binary or python layout (pickles read through
-  `safe_pickle`), as a directory or as the official `.tar.gz`; without `data_dir` (or when
-  `data_dir` holds a tensorflow-datasets store instead) through `tfds`.
-- `stl10`: through `tfds` (tensorflow-datasets, never downloading); it needs no module of its own.
+  `safe_pickle`), as a directory or as the official `.tar.gz`; without local files through
+  `tfds` (tensorflow-datasets), which downloads and prepares it on first use unless
+  `download=False`.
+- `stl10`: the official `stl10_binary/` files (`stl10`); without them through `tfds`, as
+  CIFAR-10.
 - `folder`: `root/train/<class>/*.png|jpg|jpeg` and `root/val/<class>/...` (ImageNet-143 and
   custom data), decoded lazily in the pipeline and resized to `image_size`.
 
@@ -20,13 +22,17 @@ from tfp_advbnn.data.folder import IMAGE_EXTENSIONS
 from tfp_advbnn.data.pipeline import DataSpec, ImageData
 from tfp_advbnn.data.registry import DATASETS, load_data
 from tfp_advbnn.data.safe_pickle import UnsafePickleError
+from tfp_advbnn.data.stl10 import load_stl10_arrays
+from tfp_advbnn.data.tfds import DownloadUnavailableError
 
 __all__ = [
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "DataSpec",
+    "DownloadUnavailableError",
     "ImageData",
     "UnsafePickleError",
     "load_cifar10_arrays",
     "load_data",
+    "load_stl10_arrays",
 ]

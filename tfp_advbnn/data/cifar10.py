@@ -239,12 +239,14 @@ def load_cifar10_arrays(
     return train, test
 
 
-def load_cifar10(data_dir) -> tuple[tuple, tuple, tuple[str, ...]]:
+def load_cifar10(data_dir, *, download: bool = True) -> tuple[tuple, tuple, tuple[str, ...]]:
     """CIFAR-10 from the local files in `data_dir`, else from tensorflow-datasets.
 
     Args:
       data_dir: local files (as for `load_cifar10_arrays`), a tensorflow-datasets data directory
         (recognised by its `cifar10/` folder), or None for tensorflow-datasets' default one.
+      download: let tensorflow-datasets download and prepare CIFAR-10 into its data directory
+        when it has no prepared copy there (never when `data_dir` holds local files).
 
     Returns:
       ((x_train, y_train), (x_test, y_test), class names): images uint8 [N, 32, 32, 3], labels
@@ -258,8 +260,12 @@ def load_cifar10(data_dir) -> tuple[tuple, tuple, tuple[str, ...]]:
             raise FileNotFoundError(
                 f"no CIFAR-10 data in {path}: expected a {_BIN_DIR} or {_PY_DIR} "
                 f"directory, a directory holding one, one of {sorted(_TARBALLS)}, or "
-                "a tensorflow-datasets directory with a prepared cifar10"
+                "a tensorflow-datasets data directory (one holding a cifar10/ folder); without "
+                "--data_dir tensorflow-datasets downloads it on first use"
             )
     return load_tfds(
-        "cifar10", data_dir, local_files=f"{_BIN_DIR}, {_PY_DIR} or an official .tar.gz"
+        "cifar10",
+        data_dir,
+        download=download,
+        local_files=f"{_BIN_DIR}, {_PY_DIR} or an official .tar.gz",
     )

@@ -8,15 +8,13 @@ the native image size (or None when images of any size are resized to the caller
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 from collections.abc import Callable
 
 from tfp_advbnn import validation
-from tfp_advbnn.data import cifar10
+from tfp_advbnn.data import cifar10, stl10
 from tfp_advbnn.data.folder import list_image_folder
 from tfp_advbnn.data.pipeline import DataSpec, ImageData, Split
-from tfp_advbnn.data.tfds import load_tfds
 
 _Sources = tuple[Split, Split, tuple[str, ...]]
 
@@ -26,7 +24,8 @@ class _Dataset:
     """How one data set is read, and what its images are.
 
     Attributes:
-      load: (data_dir, seed) -> (train split, test split, class names).
+      load: (data_dir, seed, download) -> (train split, test split, class names); download:
+        whether tensorflow-datasets may download a data set it has not prepared.
       native_size: (H, W) of every image, which `image_size` may only repeat; None: images of
         any size, resized to the `image_size` the caller must give.
       augmentation: the `DataSpec.augmentation` of its training pipeline.
@@ -34,23 +33,25 @@ class _Dataset:
         None: `data_dir` is optional and, when given, must exist.
     """
 
-    load: Callable[[object, int], _Sources]
+    load: Callable[[object, int, bool], _Sources]
     native_size: tuple[int, int] | None
     augmentation: str
     data_dir_role: str | None = None
 
 
-def _in_memory(read: Callable[[object], tuple]) -> Callable[[object, int], _Sources]:
-    """A loader from a reader of uint8 arrays; the file order is kept (the seed is unused)."""
+def _in_memory(read: Callable[..., tuple]) -> Callable[[object, int, bool], _Sources]:
+    """A loader from a reader ``read(data_dir, download=...)`` of uint8 arrays; the file order is
+    kept (the seed is unused)."""
 
-    def load(data_dir, seed: int) -> _Sources:
-        (x_train, y_train), (x_test, y_test), class_names = read(data_dir)
+    def load(data_dir, seed: int, download: bool) -> _Sources:
+        (x_train, y_train), (x_test, y_test), class_names = read(data_dir, download=download)
         return Split(y_train, images=x_train), Split(y_test, images=x_test), class_names
 
     return load
 
 
-def _load_folder(data_dir, seed: int) -> _Sources:
+def _load_folder(data_dir, seed: int, download: bool) -> _Sources:
+    # An image folder is always local: there is nothing to download.
     (train_paths, train_labels), (val_paths, val_labels), class_names = list_image_folder(
         pathlib.Path(data_dir), seed
     )
@@ -64,8 +65,8 @@ _REGISTRY: dict[str, _Dataset] = {
         augmentation="crop_flip",
     ),
     "stl10": _Dataset(
-        load=_in_memory(functools.partial(load_tfds, "stl10")),
-        native_size=(96, 96),
+        load=_in_memory(stl10.load_stl10),
+        native_size=stl10.IMAGE_SIZE,
         augmentation="crop_flip",
     ),
     "folder": _Dataset(
@@ -103,15 +104,17 @@ def load_data(
     max_test_examples: int | None = None,
     validation_examples: int = 0,
     seed: int = 0,
+    download: bool = True,
 ) -> ImageData:
     """Loads a data set and returns its spec and pipelines.
 
     Args:
       name: one of `DATASETS`: "cifar10", "stl10" or "folder".
       data_dir: cifar10: local files (see `load_cifar10_arrays`) or a tensorflow-datasets data
-        directory; None uses tensorflow-datasets' default directory. stl10: a
-        tensorflow-datasets data directory (None: the default). folder: the root holding
-        `train/<class>/` and `val/<class>/` (required). Nothing is ever downloaded.
+        directory; None uses tensorflow-datasets' default directory. stl10: the official
+        `stl10_binary` files (see `load_stl10_arrays`) or a tensorflow-datasets data directory
+        (None: the default). folder: the root holding `train/<class>/` and `val/<class>/`
+        (required).
       image_size: (H, W) the folder images are resized to (required for folders; for cifar10 and
         stl10 it may only repeat the native size).
       max_train_examples: keep only the first N training examples (None: all).
@@ -121,14 +124,23 @@ def load_data(
       seed: non-negative seed of the order of a folder's file lists (so that "first N" and
         "last n" are a random mix of classes, not the alphabetically first or last ones);
         CIFAR-10 and STL-10 keep their file order and ignore it.
+      download: cifar10 and stl10 without local files: let tensorflow-datasets download and
+        prepare the data set on first use (offline: one error naming the local alternatives);
+        False: only an already prepared store is read.
 
     Returns:
       An `ImageData`. CIFAR-10 and STL-10 are held in memory as uint8; folders as file paths that
       the pipelines decode.
 
     Raises:
-      FileNotFoundError: missing directories or files, or an unprepared tfds data set.
+      FileNotFoundError: missing directories or files, or a tfds data set that is not prepared
+        and cannot be downloaded.
       ValueError: bad arguments or corrupt data (always naming the file).
+
+    Example:
+      >>> images = load_data("cifar10", data_dir="data/cifar-10-batches-bin")
+      >>> images.spec.image_shape, images.spec.num_classes
+      ((32, 32, 3), 10)
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
@@ -140,6 +152,8 @@ def load_data(
     )
     validation_examples = validation.integer("validation_examples", validation_examples, minimum=0)
     seed = validation.integer("seed", seed, minimum=0)
+    if not isinstance(download, bool):
+        raise ValueError(f"download must be a bool, got {download!r}")
 
     dataset = _REGISTRY[name]
     if dataset.data_dir_role is not None and data_dir is None:
@@ -148,7 +162,7 @@ def load_data(
     if dataset.data_dir_role is None and data_dir is not None:
         if not pathlib.Path(data_dir).exists():
             raise FileNotFoundError(f"data_dir does not exist: {data_dir}")
-    train, test, class_names = dataset.load(data_dir, seed)
+    train, test, class_names = dataset.load(data_dir, seed, download)
 
     if max_train_examples is not None and max_train_examples < len(train):
         train = train.slice(None, max_train_examples)

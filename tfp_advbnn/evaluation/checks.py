@@ -27,6 +27,8 @@ UNBOUNDED_MIN_STEPS = 50  # steps of that attack, at least
 # many standard errors away from noise: about 1 false alarm in 700 comparisons.
 SIGNIFICANCE_Z = 3.0
 ZERO_GRADIENT_MAX_FRACTION = 0.01  # at most this fraction of examples may have a zero gradient
+# Steps of the PGD that stronger attacks are compared with: the paper's PGD-20.
+PGD_REFERENCE_STEPS = 20
 
 
 def _min_change(num_examples: int) -> float:
@@ -263,6 +265,48 @@ def check_eot(
     )
 
 
+def check_not_weaker_than_pgd(
+    attack_correct, pgd_correct, eps: float, stochastic: bool, *, attack: str, pgd: str
+) -> dict:
+    """An attack meant to be stronger than PGD (APGD, C&W) must not leave a higher accuracy.
+
+    Both attacks ran on the same examples; the comparison is paired (see ``_paired_rise``). A
+    failure means the stronger attack's result, and any worst case built on it, is not
+    credible: on a stochastic model, the usual cause is APGD's step-size rule following the
+    noise of single-draw losses.
+
+    Args:
+      attack_correct, pgd_correct: bool [N], correct after each attack at ``eps``.
+      attack, pgd: their descriptions.
+    """
+    attack_correct = np.asarray(attack_correct, bool)
+    pgd_correct = np.asarray(pgd_correct, bool)
+    rise = _paired_rise(pgd_correct, attack_correct, stochastic)
+    passed = not rise["significant"]
+    if passed:
+        message = f"{attack} is at least as strong as {pgd}"
+    else:
+        message = (
+            f"{attack} leaves {attack_correct.mean():.4f} accuracy where {pgd} leaves "
+            f"{pgd_correct.mean():.4f} (McNemar z = {rise['z']:.1f}): the stronger attack is "
+            "weaker here, so its numbers understate the threat; on a stochastic model average "
+            "its gradients over more draws (--num_eot_samples=20), and quote the lower figure"
+        )
+    return _finish(
+        {
+            "name": "not_weaker_than_pgd",
+            "passed": bool(passed),
+            "eps": float(eps),
+            "attack": attack,
+            "pgd_attack": pgd,
+            "accuracy": float(attack_correct.mean()),
+            "pgd_accuracy": float(pgd_correct.mean()),
+            "z": rise["z"],
+            "message": message,
+        }
+    )
+
+
 def _nonzero_gradient(evaluator: engine.Evaluator, images, labels, batch_size: int) -> dict:
     gradient_fn = evaluator.input_gradient()
     norms = []
@@ -325,8 +369,11 @@ def checks(
        neither raises nor lowers its accuracy.
     5. ``nonzero_gradient``: input gradients are finite and not exactly zero.
     6. ``eot_at_least_single_draw`` (stochastic models): PGD/APGD averaging
-       ``max(check_eot_samples, 2 * num_eot_samples)`` draws per step is at least as strong as
+       ``max(check_eot_samples, 2 * its EOT draws)`` draws per step is at least as strong as
        one draw.
+    7. ``not_weaker_than_pgd``, one per attack of the protocol that is not PGD or FGSM (APGD-CE,
+       APGD-DLR, C&W): it leaves no higher accuracy than PGD of the same norm with
+       ``PGD_REFERENCE_STEPS`` steps and the attack's EOT draws.
 
     Accuracy comparisons are paired, on the same examples: a change counts when it exceeds one
     percentage point (or one example) and, for a stochastic model, when a one-sided McNemar test
@@ -346,7 +393,7 @@ def checks(
     def correct_at(spec: AttackSpec, eps: float) -> np.ndarray:
         key = (spec, eps)
         if key not in outcome_cache:
-            correct, _ = engine.attack_outcomes(
+            outcomes = engine.attack_outcomes(
                 evaluator,
                 [engine.Target(evaluator, config.num_samples)],
                 images,
@@ -358,22 +405,24 @@ def checks(
                 seed=config.seed,
                 progress=False,
             )
-            outcome_cache[key] = correct[0, 0]
+            outcome_cache[key] = outcomes.correct[0, 0]
         return outcome_cache[key]
 
-    configured = AttackSpec.of(config)
+    configured = AttackSpec.of(config, stochastic=stochastic)
     radius = diagnosis_eps(result.eps)
     if config.random_restarts == 0 and radius is not None:
-        # The sweep already ran the configured attack at this radius on these examples.
-        outcome_cache[(configured, radius)] = result.correct[result.eps.index(radius), :num]
+        # The sweep already ran each attack of its protocol at this radius on these examples.
+        for attack in result.attacks:
+            outcome_cache[(attack.spec, radius)] = attack.correct[result.eps.index(radius), :num]
 
     found = [check_monotonic(result.eps, result.correct, stochastic)]
 
-    unbounded_attack = config.attack if config.attack.startswith("apgd") else "pgd_linf"
+    unbounded_attack = configured.attack if configured.attack.startswith("apgd") else "pgd_linf"
     # Steps of 2.5 / 20 would bounce across the whole box: the unbounded attack gets at least
     # UNBOUNDED_MIN_STEPS steps, so a failure means the gradients, not the step size.
     unbounded = AttackSpec.of(
         config,
+        stochastic=stochastic,
         attack=unbounded_attack,
         num_steps=max(config.attack_steps, UNBOUNDED_MIN_STEPS),
         step_size=None,
@@ -401,13 +450,15 @@ def checks(
         ]
 
     iterative = configured
-    if config.attack == "fgsm":
-        iterative = AttackSpec.of(config, attack="pgd_linf")
+    if configured.attack == "fgsm":
+        iterative = AttackSpec.of(config, stochastic=stochastic, attack="pgd_linf")
     if config.norm == "linf":
-        single = AttackSpec.of(config, attack="fgsm")
+        single = AttackSpec.of(config, stochastic=stochastic, attack="fgsm")
         single_name = attacks.get("fgsm").display_name
     else:
-        single = AttackSpec.of(config, attack="pgd_l2", num_steps=1, step_size=radius)
+        single = AttackSpec.of(
+            config, stochastic=stochastic, attack="pgd_l2", num_steps=1, step_size=radius
+        )
         single_name = "FGM (L2, one step)"
     iterative_correct = correct_at(iterative, radius)
     found.append(
@@ -437,13 +488,87 @@ def checks(
     found.append(_nonzero_gradient(evaluator, images, labels, config.batch_size))
 
     single_draw = multi_draw = None
-    multi_samples = max(config.check_eot_samples, 2 * config.num_eot_samples)
+    multi_samples = max(config.check_eot_samples, 2 * iterative.num_eot_samples)
     if stochastic:
         # C&W has no EOT: its check uses L2 PGD.
-        eot_base = iterative if iterative.attack != "cw" else AttackSpec.of(config, attack="pgd_l2")
+        eot_base = iterative
+        if iterative.attack == "cw":
+            eot_base = AttackSpec.of(config, stochastic=stochastic, attack="pgd_l2")
         single_draw = correct_at(dataclasses.replace(eot_base, num_eot_samples=1), radius)
         multi_draw = correct_at(
             dataclasses.replace(eot_base, num_eot_samples=multi_samples), radius
         )
     found.append(check_eot(single_draw, multi_draw, multi_samples, radius, stochastic))
+
+    pgd_name = "pgd_linf" if config.norm == "linf" else "pgd_l2"
+    for attack in result.attacks:
+        if attack.spec.attack in ("pgd_linf", "pgd_l2", "fgsm"):
+            continue
+        eot = attack.spec.num_eot_samples
+        if attack.spec.attack == "cw":
+            # C&W averages no draws: its PGD gets the EOT PGD would get under this config.
+            eot = config.eot_samples_for(pgd_name, stochastic)
+        pgd = AttackSpec.of(
+            config,
+            stochastic=stochastic,
+            attack=pgd_name,
+            num_steps=PGD_REFERENCE_STEPS,
+            num_eot_samples=eot,
+            step_size=None,
+        )
+        found.append(
+            check_not_weaker_than_pgd(
+                correct_at(attack.spec, radius),
+                correct_at(pgd, radius),
+                radius,
+                stochastic,
+                attack=attack.spec.describe(),
+                pgd=pgd.describe(),
+            )
+        )
     return found
+
+
+def square_check(
+    model_fn: Callable,
+    images,
+    labels,
+    config: EvalConfig,
+    result: engine.SweepResult,
+    *,
+    stochastic: bool,
+) -> dict:
+    """The black-box check: Square must not fool more than the sweep's white-box worst case.
+
+    Runs ART's Square attack (``tfp_advbnn.evaluation.blackbox``) on the ensemble of
+    ``config.num_samples`` draws, on the first ``config.square_examples`` examples at
+    ``diagnosis_eps``, with ``config.square_queries`` queries per example. L-inf only.
+
+    Raises ImportError naming the ``attacks`` extra when ART is not installed.
+    """
+    radius = diagnosis_eps(result.eps)
+    if radius is None or config.norm != "linf":
+        why = "the eps grid has no eps > 0" if radius is None else "Square here is L-inf only"
+        return {
+            "name": "black_box_not_stronger",
+            "passed": True,
+            "applicable": False,
+            "message": f"not run: {why}",
+        }
+    from tfp_advbnn.evaluation import blackbox
+
+    images, labels = engine.prepare(images, labels, config)
+    num = min(config.square_examples, result.num_examples)
+    square_correct = blackbox.square_outcomes(
+        model_fn,
+        images[:num],
+        labels[:num],
+        eps=radius,
+        num_samples=config.num_samples,
+        max_queries=config.square_queries,
+        seed=config.seed,
+        batch_size=config.batch_size,
+    )
+    white_box = result.correct[result.eps.index(radius), :num]
+    names = [attack.spec.describe(config.random_restarts) for attack in result.attacks]
+    return blackbox.check_square(white_box, square_correct, radius, stochastic, attack_names=names)

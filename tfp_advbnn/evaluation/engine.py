@@ -78,7 +78,13 @@ class Evaluator:
         return self._functions[key]
 
     def score(self, num_samples: int, norm: str, thresholded: bool):
-        """tf.function (images, x_adv, labels, eps) -> (correct bool [B], distortion float [B])."""
+        """tf.function (images, x_adv, labels, eps) -> (adv_ok, clean_ok, distortion).
+
+        ``adv_ok`` and ``clean_ok`` (bool [B]) say whether the ensemble classifies the
+        adversarial and the clean image correctly; both halves go through the model in one
+        batch, so a model drawing its weights once per call scores them with the same draws
+        (the pairing ``robust_accuracy`` needs). ``distortion`` is float32 [B].
+        """
         if not self.stochastic:
             num_samples = 1
         key = ("score", num_samples, norm, thresholded)
@@ -91,9 +97,12 @@ class Evaluator:
                     within = distortion <= eps
                     x_adv = tf.where(within[:, None, None, None], x_adv, images)
                     distortion = tf.where(within, distortion, 0.0)
-                probabilities = models.ensemble_probabilities(model_fn, x_adv, num_samples)
+                both = tf.concat([x_adv, images], axis=0)
+                probabilities = models.ensemble_probabilities(model_fn, both, num_samples)
                 predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-                return tf.equal(predicted, labels), distortion
+                ok = tf.equal(predicted, tf.concat([labels, labels], axis=0))
+                adv_ok, clean_ok = tf.split(ok, 2)
+                return adv_ok, clean_ok, distortion
 
             signature = [self._images, self._images, self._labels, self._scalar]
             self._functions[key] = tf.function(score, input_signature=signature)
@@ -148,6 +157,24 @@ def batches(num_examples: int, batch_size: int) -> list[slice]:
     return [slice(s, min(s + batch_size, num_examples)) for s in range(0, num_examples, batch_size)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcomes:
+    """Per-example outcomes of one attack, crafted on a source and scored on targets.
+
+    Attributes:
+      correct: bool [T, E, N], target t classifies example n correctly after every run of the
+        attack at eps e (the paper's count, whatever the clean prediction).
+      robust: bool [T, E, N], and its clean prediction, scored with the same draws in the same
+        call, is correct too (the honest count: an example wrong when clean is never robust).
+      distortion: float32 [E, N], the norm of the perturbation that counts for target 0: that of
+        the first run fooling it, else that of the first run.
+    """
+
+    correct: np.ndarray
+    robust: np.ndarray
+    distortion: np.ndarray
+
+
 def attack_outcomes(
     source: Evaluator,
     targets: Sequence[Target],
@@ -160,18 +187,16 @@ def attack_outcomes(
     batch_size: int,
     seed: int,
     progress: bool,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Outcomes:
     """Crafts on ``source`` and scores on every target, per eps and example.
 
-    Returns:
-      correct: bool [T, E, N], whether target t classifies example n correctly after every run
-        of the attack at eps e.
-      distortion: float32 [E, N], the norm of the perturbation that counts for target 0: that of
-        the first run fooling it, else that of the first run.
+    At eps = 0 there is no perturbation: nothing is crafted and the adversarial outcome is the
+    clean one of the same call, so the eps = 0 cell equals the clean count of its draws.
     """
     num = len(images)
     eps_values = [float(e) for e in eps_values]
     correct = np.ones((len(targets), len(eps_values), num), bool)
+    robust = np.ones_like(correct)
     distortion = np.zeros((len(eps_values), num), np.float32)
     parts = batches(num, batch_size)
     bar = _progress(len(parts) * (restarts + 1) * len(eps_values), progress)
@@ -186,7 +211,9 @@ def attack_outcomes(
             unbounded_adv = None
             for e, eps in enumerate(eps_values):
                 eps_t = tf.constant(eps, tf.float32)
-                if spec.thresholded:
+                if eps == 0.0:
+                    x_adv = x
+                elif spec.thresholded:
                     # C&W ignores eps: craft once per batch and run, cut at each eps when scored.
                     if unbounded_adv is None:
                         unbounded_adv = craft(x, y, eps_t, tf.constant(1.0), seed_pair)
@@ -196,8 +223,9 @@ def attack_outcomes(
                     x_adv = craft(x, y, eps_t, step, seed_pair)
                 for t, target in enumerate(targets):
                     score = target.evaluator.score(target.num_samples, spec.norm, spec.thresholded)
-                    ok, dist = score(x, x_adv, y, eps_t)
-                    ok = ok.numpy()
+                    adv_ok, clean_ok, dist = score(x, x_adv, y, eps_t)
+                    clean_ok = clean_ok.numpy()
+                    ok = clean_ok if eps == 0.0 else adv_ok.numpy()
                     if t == 0:
                         newly_fooled = correct[0, e, part] & ~ok
                         if run == 0:
@@ -207,9 +235,10 @@ def attack_outcomes(
                                 newly_fooled, dist.numpy(), distortion[e, part]
                             )
                     correct[t, e, part] &= ok
+                    robust[t, e, part] &= ok & clean_ok
                 done += 1
                 bar.update(done)
-    return correct, distortion
+    return Outcomes(correct, robust, distortion)
 
 
 def clean_correct(
@@ -220,7 +249,7 @@ def clean_correct(
     correct = np.zeros(len(images), bool)
     for part in batches(len(images), batch_size):
         x = tf.constant(images[part], tf.float32)
-        ok, _ = score(x, x, tf.constant(labels[part], tf.int32), tf.constant(0.0))
+        _, ok, _ = score(x, x, tf.constant(labels[part], tf.int32), tf.constant(0.0))
         correct[part] = ok.numpy()
     return correct
 
@@ -250,20 +279,39 @@ def prepare(images, labels, config: EvalConfig) -> tuple[np.ndarray, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
+class AttackResult:
+    """One attack of a sweep's plan on its own: per-example outcomes (see ``Outcomes``).
+
+    Attributes:
+      spec: the attack and its settings.
+      correct, robust: bool [E, N].
+    """
+
+    spec: AttackSpec
+    correct: np.ndarray
+    robust: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepResult:
-    """Per-example outcome of a sweep.
+    """Per-example outcome of a sweep: the worst case over the attacks of its protocol.
 
     Attributes:
       eps: E radii.
-      correct: bool [E, N], robust after every run at each eps.
-      distortion: float32 [E, N], measured norm of each counted perturbation.
-      clean_correct: bool [N], correct on the clean image.
+      correct: bool [E, N], classified correctly after every run of every attack at each eps.
+      robust: bool [E, N], and correct when clean too, scored with the same draws each time.
+      distortion: float32 [E, N], measured norm of each counted perturbation (that of the first
+        attack fooling the ensemble, else of the first attack).
+      clean_correct: bool [N], correct on the clean image (an ensemble of its own draws).
+      attacks: each attack's own outcomes, in the order they ran.
     """
 
     eps: tuple[float, ...]
     correct: np.ndarray
+    robust: np.ndarray
     distortion: np.ndarray
     clean_correct: np.ndarray
+    attacks: tuple[AttackResult, ...] = ()
 
     @property
     def num_examples(self) -> int:
@@ -272,6 +320,10 @@ class SweepResult:
     @property
     def accuracy(self) -> list[float]:
         return [float(v) for v in self.correct.mean(axis=1)]
+
+    @property
+    def robust_accuracy(self) -> list[float]:
+        return [float(v) for v in self.robust.mean(axis=1)]
 
     @property
     def mean_distortion(self) -> list[float]:

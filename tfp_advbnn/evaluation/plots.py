@@ -31,19 +31,27 @@ def _figure(width: float = 7.0, height: float = 4.5):
 
 
 def _curves_figure(curves, *, title: str, xlabel: str, log_x: bool = False):
-    """One line per (label, xs, accuracies in [0, 1]) with accuracy in % on the y axis."""
+    """One line per (label, xs, accuracies in [0, 1], intervals or None), accuracy in % on y.
+
+    Intervals (``[low, high]`` per point, as reports hold them) are drawn as error bars.
+    """
     figure = _figure()
     axes = figure.subplots()
-    for label, xs, ys in curves:
-        axes.plot(xs, [100.0 * y for y in ys], marker="o", markersize=4, label=label)
+    for label, xs, ys, intervals in curves:
+        ys = np.array(ys, float) * 100.0
+        errors = None
+        if intervals is not None:
+            bounds = np.array(intervals, float) * 100.0
+            errors = np.stack([ys - bounds[:, 0], bounds[:, 1] - ys])
+        axes.errorbar(xs, ys, yerr=errors, marker="o", markersize=4, capsize=3, label=label)
     if log_x:
         # Log spacing for counts up to 1000, labelled with the counts actually evaluated.
-        xs = sorted({x for _, values, _ in curves for x in values})
+        xs = sorted({x for _, values, _, _ in curves for x in values})
         axes.set_xscale("log")
         axes.minorticks_off()
         axes.set_xticks(xs, [f"{x:g}" for x in xs])
     axes.set_xlabel(xlabel)
-    axes.set_ylabel("Test accuracy (%)")
+    axes.set_ylabel("Test accuracy (%), 95 % Wilson intervals")
     axes.set_ylim(0, 100)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
@@ -55,6 +63,36 @@ def _eps_label(norm: str) -> str:
     return "\u03b5 (L\u221e, [0, 1] pixel scale)" if norm == "linf" else "\u03b5 (L2 norm)"
 
 
+def _sweep_curves(report: dict, robust_only: bool = False) -> list:
+    """A sweep's robust accuracy (and, alone, its paper-count accuracy) as curves."""
+    robust = (
+        f"{report['label']} (robust)" if not robust_only else report["label"],
+        report["eps"],
+        report["robust_accuracy"],
+        report.get("robust_accuracy_interval"),
+    )
+    if robust_only:
+        return [robust]
+    paper = (
+        f"{report['label']} (paper's count)",
+        report["eps"],
+        report["accuracy"],
+        report.get("accuracy_interval"),
+    )
+    return [paper, robust]
+
+
+def _rows(report: dict, x_key: str) -> list:
+    """One curve per eps of an ablation report: robust accuracy against ``x_key``."""
+    intervals = report.get("robust_accuracy_interval") or [None] * len(report["eps"])
+    return [
+        (f"\u03b5 = {eps:g}", report[x_key], row, interval)
+        for eps, row, interval in zip(
+            report["eps"], report["robust_accuracy"], intervals, strict=True
+        )
+    ]
+
+
 def plot_report(report: dict, path: str) -> str:
     """Draws the figure of any evaluation report as a PNG at ``path``; returns ``path``."""
     mode = report["mode"]
@@ -63,35 +101,29 @@ def plot_report(report: dict, path: str) -> str:
     attack_text = attack_caption(report)
     if mode == "sweep":
         figure = _curves_figure(
-            [(report["label"], report["eps"], report["accuracy"])],
+            _sweep_curves(report),
             title=f"Accuracy vs \u03b5: {attack_text}, ensemble of {report['num_samples']}",
             xlabel=_eps_label(report["norm"]),
         )
     elif mode == "compare":
         figure = _curves_figure(
-            [(m["label"], m["eps"], m["accuracy"]) for m in report["models"]],
-            title=f"Accuracy vs \u03b5: {attack_text}, ensemble of {report['num_samples']}",
+            [curve for m in report["models"] for curve in _sweep_curves(m, robust_only=True)],
+            title=f"Robust accuracy vs \u03b5: {attack_text}, ensemble of {report['num_samples']}",
             xlabel=_eps_label(report["norm"]),
         )
     elif mode == "ensemble_sweep":
         figure = _curves_figure(
-            [
-                (f"\u03b5 = {eps:g}", report["ensemble_sizes"], row)
-                for eps, row in zip(report["eps"], report["accuracy"], strict=True)
-            ],
-            title=f"{report['label']}: accuracy vs ensemble size ({attack_text})",
+            _rows(report, "ensemble_sizes"),
+            title=f"{report['label']}: robust accuracy vs ensemble size ({attack_text})",
             xlabel="Ensemble size n (weight draws averaged per prediction)",
             log_x=len(report["ensemble_sizes"]) > 1 and max(report["ensemble_sizes"]) >= 20,
         )
     elif mode == "steps_sweep":
         figure = _curves_figure(
-            [
-                (f"\u03b5 = {eps:g}", report["steps"], row)
-                for eps, row in zip(report["eps"], report["accuracy"], strict=True)
-            ],
+            _rows(report, "steps"),
             title=(
-                f"{report['label']}: accuracy vs attack steps "
-                f"({attacks.get(report['attack']).display_name}, "
+                f"{report['label']}: robust accuracy vs attack steps "
+                f"({attacks.get(report['attack']).display_name}, {_step_text(report)}, "
                 f"ensemble of {report['num_samples']})"
             ),
             xlabel="Attack steps",
@@ -100,6 +132,11 @@ def plot_report(report: dict, path: str) -> str:
     else:
         raise ValueError(f"unknown report mode {mode!r}; expected one of {MODES}")
     return _save_png(figure, path)
+
+
+def _step_text(report: dict) -> str:
+    fixed = report.get("fixed_step_size")
+    return f"step {fixed:g}" if fixed else "step 2.5\u00b7\u03b5/steps"
 
 
 def _plot_transfer(report: dict, path: str) -> str:

@@ -2,9 +2,10 @@
 
 Evaluation names its attacks by the names of the attack registry (``attacks.ATTACKS``);
 ``AttackSpec`` is one setting of one of them (hashable, so it keys the engine's cache of traced
-functions) and ``craft`` the only place that turns a spec into a call of the registered attack.
-The eps grids of the paper, the display names of defenses and the radius the diagnoses attack
-at live here too.
+functions), ``attack_plan`` the attacks a protocol runs on one model, and ``craft`` the only
+place that turns a spec into a call of the registered attack. The eps grids of the paper and of
+the adaptive protocol, the display names of defenses and the radius the diagnoses attack at
+live here too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from tfp_advbnn import attacks, validation
-from tfp_advbnn.config import DEFAULT_EPS_GRIDS, EvalConfig
+from tfp_advbnn.config import ADAPTIVE_EPS_GRIDS, DEFAULT_EPS_GRIDS, EvalConfig
 
 MODES = ("sweep", "compare", "transfer", "ensemble_sweep", "steps_sweep")
 DEFENSE_NAMES = {
@@ -25,9 +26,21 @@ DEFENSE_NAMES = {
 }
 
 
-def default_eps_grid(dataset: str) -> tuple[float, ...]:
-    """The paper's eps grid for ``dataset`` ("cifar10", "stl10" or "folder" for ImageNet-143)."""
-    return DEFAULT_EPS_GRIDS[validation.choice("dataset", dataset, sorted(DEFAULT_EPS_GRIDS))]
+def default_eps_grid(dataset: str, protocol: str = "paper") -> tuple[float, ...]:
+    """The eps grid of ``protocol`` for ``dataset`` ("cifar10", "stl10", "folder": ImageNet-143).
+
+    The paper's full grid, or the two radii results are quoted at for the adaptive protocol.
+    """
+    grids = ADAPTIVE_EPS_GRIDS if protocol == "adaptive" else DEFAULT_EPS_GRIDS
+    return grids[validation.choice("dataset", dataset, sorted(grids))]
+
+
+# The reference's transfer experiment (transfer_attack.py of xuanqing94/BayesianDefense) attacks
+# at 0.06 on CIFAR-10 and STL-10; ImageNet-143 has no transfer experiment there.
+TRANSFER_EPS = {"cifar10": 0.06, "stl10": 0.06}
+# The reference's Linf PGD takes steps of 0.007 whatever the radius and the step count: its
+# Fig. 4 (right) adds steps at that size, so more steps make a longer path.
+REFERENCE_STEP_SIZE = 0.007
 
 
 def diagnosis_eps(eps_values: Sequence[float]) -> float | None:
@@ -62,18 +75,40 @@ class AttackSpec:
     selection_samples: int
 
     @classmethod
-    def of(cls, config: EvalConfig, **overrides) -> AttackSpec:
-        """The spec of ``config``'s attack, with some fields replaced."""
+    def of(cls, config: EvalConfig, *, stochastic: bool, **overrides) -> AttackSpec:
+        """The spec of ``config``'s (first) attack on a model, with some fields replaced.
+
+        ``num_eot_samples`` is ``config.eot_samples_for`` the attack (after overrides) unless
+        overridden.
+        """
         values = dict(
-            attack=config.attack,
+            attack=config.attack_names[0],
             num_steps=config.attack_steps,
-            num_eot_samples=config.num_eot_samples,
             step_size=config.pgd_step_size,
             cw_c=config.cw_c,
             selection_samples=config.num_samples,
         )
         values.update(overrides)
+        values.setdefault("num_eot_samples", config.eot_samples_for(values["attack"], stochastic))
         return cls(**values)
+
+    def describe(self, random_restarts: int = 0) -> str:
+        """E.g. "APGD-CE (L∞), 100 steps, EOT 20"."""
+        return attacks.get(self.attack).describe(
+            num_steps=self.num_steps,
+            num_eot_samples=self.num_eot_samples,
+            random_restarts=random_restarts,
+        )
+
+    def settings(self) -> dict:
+        """What ran, for reports: the attack, its steps, EOT draws and step size."""
+        return {
+            "attack": self.attack,
+            "num_steps": self.num_steps,
+            "num_eot_samples": self.num_eot_samples,
+            "step_size": self.step_size,
+            "description": self.describe(),
+        }
 
     @property
     def norm(self) -> str:
@@ -91,6 +126,17 @@ class AttackSpec:
             # The projection onto a radius-0 ball returns x whatever the step; PGD wants > 0.
             return 1.0
         return attacks.default_step_size(eps, self.num_steps)
+
+
+def attack_plan(config: EvalConfig, stochastic: bool) -> tuple[AttackSpec, ...]:
+    """The attacks ``config``'s protocol runs on a model, in order.
+
+    ``paper``: its one attack; ``adaptive``: each of ``config.adaptive_attacks``. Each gets
+    ``config.eot_samples_for`` draws per gradient (20 on a stochastic model under ``adaptive``).
+    """
+    return tuple(
+        AttackSpec.of(config, stochastic=stochastic, attack=name) for name in config.attack_names
+    )
 
 
 def craft(

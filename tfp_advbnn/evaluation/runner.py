@@ -19,12 +19,21 @@ import tf_keras
 from tfp_advbnn import export, models, run_dir, training, validation
 from tfp_advbnn.config import EvalConfig
 from tfp_advbnn.evaluation.plots import plot_report
-from tfp_advbnn.evaluation.protocols import DEFENSE_NAMES, MODES, default_eps_grid, diagnosis_eps
+from tfp_advbnn.evaluation.protocols import (
+    DEFENSE_NAMES,
+    MODES,
+    REFERENCE_STEP_SIZE,
+    TRANSFER_EPS,
+    default_eps_grid,
+    diagnosis_eps,
+)
 from tfp_advbnn.evaluation.reports import write_json
 from tfp_advbnn.evaluation.sweeps import ensemble_sweep, steps_sweep, sweep
 from tfp_advbnn.evaluation.transfer import compare, transfer
 
 SINGLE_RUN_MODES = ("sweep", "ensemble_sweep", "steps_sweep")
+# The modes that run a protocol's several attacks; the others run the paper protocol's one.
+PROTOCOL_MODES = ("sweep", "compare")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +115,12 @@ class Request:
       plot: figure PNG path (None: ``output`` with ``.png``).
       data_dir: test data location, overriding the runs' own.
       sweep_eps: radii of transfer, ensemble_sweep and steps_sweep (None: the ``diagnosis_eps``
-        of the eps grid); stored sorted and unique.
+        of the eps grid; transfer on CIFAR-10 and STL-10: ``TRANSFER_EPS``, the reference's
+        0.06); stored sorted and unique.
       sweep_sizes: ensemble sizes of ensemble_sweep.
       sweep_steps: step counts of steps_sweep.
+      fixed_step_size: the step of every step count of steps_sweep (the reference's 0.007, so
+        more steps make a longer path); None: the eval config's step rule.
       with_checks: run the gradient-masking checks (sweep and compare).
     """
 
@@ -120,6 +132,7 @@ class Request:
     sweep_eps: tuple[float, ...] | None = None
     sweep_sizes: tuple[int, ...] = (1, 2, 5, 10, 20)
     sweep_steps: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)
+    fixed_step_size: float | None = REFERENCE_STEP_SIZE
     with_checks: bool = True
 
     def __post_init__(self):
@@ -149,15 +162,20 @@ class Request:
         object.__setattr__(self, "sweep_sizes", sizes)
         steps = validation.integer_values("sweep_steps", self.sweep_steps)
         object.__setattr__(self, "sweep_steps", steps)
+        if self.fixed_step_size is not None:
+            validation.unit_interval("fixed_step_size", self.fixed_step_size, open_low=True)
 
 
-def default_eps_grid_of(model_dir: str) -> tuple[float, ...]:
-    """The paper's eps grid for the dataset the run in ``model_dir`` was trained on."""
-    return default_eps_grid(training.read_config(model_dir).data.dataset)
+def default_eps_grid_of(model_dir: str, protocol: str = "paper") -> tuple[float, ...]:
+    """The protocol's eps grid for the dataset the run in ``model_dir`` was trained on."""
+    return default_eps_grid(training.read_config(model_dir).data.dataset, protocol)
 
 
 def default_output(mode: str, attack: str, model_dirs) -> str:
-    """``<model_dir>/evaluation/<mode>_<attack>.json``; several runs: in their common parent."""
+    """``<model_dir>/evaluation/<mode>_<attack>.json``; several runs: in their common parent.
+
+    ``attack`` is the eval config's ``label``: its attack, or "adaptive".
+    """
     if len(model_dirs) == 1:
         base = model_dirs[0]
     else:
@@ -208,8 +226,10 @@ def _evaluate(request: Request, config: EvalConfig, loaded, images, labels) -> d
         n: models.is_stochastic(m.config.objective.defense)
         for n, m in zip(names, loaded, strict=True)
     }
-    sweep_eps = request.sweep_eps or [diagnosis_eps(config.eps_grid) or 0.0]
     first, run_config = names[0], loaded[0].config
+    sweep_eps = request.sweep_eps or [diagnosis_eps(config.eps_grid) or 0.0]
+    if request.mode == "transfer" and not request.sweep_eps:
+        sweep_eps = [TRANSFER_EPS.get(run_config.data.dataset, sweep_eps[0])]
     # Identifies the run in single-run reports.
     about = {
         "model_dir": dirs[0],
@@ -262,7 +282,15 @@ def _evaluate(request: Request, config: EvalConfig, loaded, images, labels) -> d
     else:
         steps = request.sweep_steps
         report = steps_sweep(
-            model_fns[first], images, labels, config, sweep_eps, steps, label=first, progress=True
+            model_fns[first],
+            images,
+            labels,
+            config,
+            sweep_eps,
+            steps,
+            step_size=request.fixed_step_size,
+            label=first,
+            progress=True,
         )
     return {**about, **report}
 
@@ -275,13 +303,27 @@ def run(request: Request, config: EvalConfig) -> Evaluation:
     """
     if request.mode == "steps_sweep" and config.attack == "fgsm":
         raise RequestError("mode=steps_sweep needs an iterative attack, not fgsm")
+    if config.protocol != "paper" and request.mode not in PROTOCOL_MODES:
+        raise RequestError(
+            f"protocol: --protocol={config.protocol} applies to mode={' or '.join(PROTOCOL_MODES)}"
+            f"; mode={request.mode} runs one attack (--protocol=paper)"
+        )
+    if (
+        request.mode == "steps_sweep"
+        and request.fixed_step_size is not None
+        and config.pgd_step_size is not None
+    ):
+        raise RequestError(
+            "pgd_step_size: mode=steps_sweep takes its step from fixed_step_size "
+            f"({request.fixed_step_size}); give fixed_step_size=0 to use pgd_step_size"
+        )
     loaded = [load_model(d) for d in request.model_dirs]
     _check_same_data(loaded, request.model_dirs)
     tf_keras.utils.set_random_seed(config.seed)
     images, labels = load_test_data(loaded[0].config, data_dir=request.data_dir)
     report = _evaluate(request, config, loaded, images, labels)
 
-    output = request.output or default_output(request.mode, config.attack, request.model_dirs)
+    output = request.output or default_output(request.mode, config.label, request.model_dirs)
     plot = request.plot or os.path.splitext(output)[0] + ".png"
     write_json(report, output)
     plot_report(report, plot)

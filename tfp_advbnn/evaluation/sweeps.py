@@ -1,8 +1,8 @@
 """Accuracy-vs-eps sweeps of one model (paper Fig. 2), and the ablations of paper Fig. 4.
 
-``run_sweep`` gives per-example outcomes; ``sweep`` turns them into a report with the
-gradient-masking checks; ``ensemble_sweep`` and ``steps_sweep`` vary the ensemble size and the
-number of attack steps.
+``run_sweep`` gives per-example outcomes (the worst case over the protocol's attacks); ``sweep``
+turns them into a report with intervals and the gradient-masking checks; ``ensemble_sweep`` and
+``steps_sweep`` vary the ensemble size and the number of attack steps (``protocol=paper``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 
 from tfp_advbnn import validation
 from tfp_advbnn.config import EvalConfig
-from tfp_advbnn.evaluation import engine
-from tfp_advbnn.evaluation.checks import checks
+from tfp_advbnn.evaluation import engine, protocols, reports
+from tfp_advbnn.evaluation.checks import checks, square_check
 from tfp_advbnn.evaluation.engine import SweepResult
-from tfp_advbnn.evaluation.protocols import AttackSpec
+from tfp_advbnn.evaluation.protocols import REFERENCE_STEP_SIZE, AttackSpec
 from tfp_advbnn.evaluation.reports import report_settings
 
 
@@ -32,11 +32,15 @@ def run_sweep(
 ) -> SweepResult:
     """Clean and adversarial ensemble accuracy of ``model_fn`` at every eps of the config.
 
+    Runs each attack of the protocol (``protocols.attack_plan``) on every example; an example
+    counts as correct (robust) at an eps only if it is after every attack: the worst case per
+    example.
+
     Args:
       model_fn: float32 images [B, H, W, 3] in [0, 1] -> float32 logits [B, C]; one call, one draw.
       images: float32 [N, H, W, 3] in [0, 1].
       labels: int [N] class ids.
-      config: the attack and its settings.
+      config: the protocol, its attacks and their settings.
       stochastic: whether ``model_fn`` is random (None: found by calling it twice).
       progress: show a progress bar (on a terminal only).
     """
@@ -45,19 +49,59 @@ def run_sweep(
     clean = engine.clean_correct(
         evaluator, images, labels, num_samples=config.num_samples, batch_size=config.batch_size
     )
-    correct, distortion = engine.attack_outcomes(
-        evaluator,
-        [engine.Target(evaluator, config.num_samples)],
-        images,
-        labels,
-        AttackSpec.of(config),
-        config.eps_grid,
-        restarts=config.random_restarts,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        progress=progress,
-    )
-    return SweepResult(config.eps_grid, correct[0], distortion, clean)
+    results = []
+    correct = robust = distortion = None
+    for spec in protocols.attack_plan(config, evaluator.stochastic):
+        outcomes = engine.attack_outcomes(
+            evaluator,
+            [engine.Target(evaluator, config.num_samples)],
+            images,
+            labels,
+            spec,
+            config.eps_grid,
+            restarts=config.random_restarts,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=progress,
+        )
+        results.append(engine.AttackResult(spec, outcomes.correct[0], outcomes.robust[0]))
+        if correct is None:
+            correct, robust = outcomes.correct[0].copy(), outcomes.robust[0].copy()
+            distortion = outcomes.distortion.copy()
+            continue
+        newly_fooled = correct & ~outcomes.correct[0]
+        distortion = np.where(newly_fooled, outcomes.distortion, distortion)
+        correct &= outcomes.correct[0]
+        robust &= outcomes.robust[0]
+    return SweepResult(config.eps_grid, correct, robust, distortion, clean, tuple(results))
+
+
+def accuracy_fields(result: SweepResult) -> dict:
+    """A sweep's accuracies with their 95 % Wilson intervals, as report fields."""
+    accuracy, accuracy_interval = reports.rates(result.correct)
+    robust, robust_interval = reports.rates(result.robust)
+    clean, clean_interval = reports.rates(result.clean_correct)
+    return {
+        "clean_accuracy": clean,
+        "clean_accuracy_interval": clean_interval,
+        "accuracy": accuracy,
+        "accuracy_interval": accuracy_interval,
+        "robust_accuracy": robust,
+        "robust_accuracy_interval": robust_interval,
+    }
+
+
+def attack_fields(attack: engine.AttackResult) -> dict:
+    """One attack of a sweep on its own: what ran and its accuracies with intervals."""
+    accuracy, accuracy_interval = reports.rates(attack.correct)
+    robust, robust_interval = reports.rates(attack.robust)
+    return {
+        **attack.spec.settings(),
+        "accuracy": accuracy,
+        "accuracy_interval": accuracy_interval,
+        "robust_accuracy": robust,
+        "robust_accuracy_interval": robust_interval,
+    }
 
 
 def sweep(
@@ -71,19 +115,27 @@ def sweep(
     stochastic: bool | None = None,
     progress: bool = False,
 ) -> dict:
-    """The report of one model: accuracy and distortion per eps, and the gradient-masking checks.
+    """The report of one model: accuracies and distortion per eps, the checks.
 
     Args:
       model_fn, images, labels, config, progress: as ``run_sweep``.
       label: the model's name in plots and tables.
-      with_checks: run ``checks`` (else ``checks`` is an empty list).
+      with_checks: run the gradient-masking ``checks`` (the Square check runs whenever
+        ``config.square_examples`` > 0).
       stochastic: whether ``model_fn`` is random (None: found by calling it twice).
 
     Returns:
-      A JSON-ready dict with ``mode`` "sweep", ``label``, ``num_examples``, ``clean_accuracy``,
-      ``eps``, ``accuracy``, ``mean_distortion``, ``checks``, ``stochastic``, ``seconds`` and
-      the attack settings (``attack``, ``norm``, ``pgd_steps``, ``pgd_step_size``,
-      ``random_restarts``, ``num_eot_samples``, ``num_samples``, ``seed``).
+      A JSON-ready dict with ``mode`` "sweep", ``label``, ``num_examples``, ``eps``, the
+      accuracies of ``accuracy_fields`` (``accuracy``: the paper's count; ``robust_accuracy``:
+      clean and adversarial both correct; each with ``_interval``), ``mean_distortion``,
+      ``attacks`` (each attack alone, ``attack_fields``), ``checks``, ``notes``,
+      ``stochastic``, ``seconds`` and the settings (``protocol``, ``attack``, ``norm``,
+      ``pgd_steps``, ``pgd_step_size``, ``random_restarts``, ``num_eot_samples`` (of the first
+      attack, as it ran), ``num_samples``, ``seed``).
+
+    Examples:
+      >>> report = sweep(model_fn, images, labels, EvalConfig(protocol="adaptive"))
+      >>> report["robust_accuracy"], report["robust_accuracy_interval"]
     """
     started = time.time()
     images, labels = engine.prepare(images, labels, config)
@@ -94,19 +146,34 @@ def sweep(
     check_list = []
     if with_checks:
         check_list = checks(model_fn, images, labels, config, result, stochastic=stochastic)
+    if config.square_examples > 0:
+        check_list.append(
+            square_check(model_fn, images, labels, config, result, stochastic=stochastic)
+        )
+    ran = [attack.spec.settings() for attack in result.attacks]
     return {
         "mode": "sweep",
         "label": label,
         **report_settings(config),
+        "num_eot_samples": result.attacks[0].spec.num_eot_samples,
         "num_examples": result.num_examples,
-        "clean_accuracy": result.clean_accuracy,
         "eps": list(result.eps),
-        "accuracy": result.accuracy,
+        **accuracy_fields(result),
         "mean_distortion": result.mean_distortion,
+        "attacks": [attack_fields(attack) for attack in result.attacks],
         "checks": check_list,
+        "notes": reports.plan_notes(ran, bool(stochastic)),
         "stochastic": bool(stochastic),
         "seconds": {"sweep": sweep_seconds, "total": time.time() - started},
     }
+
+
+def _single_attack(config: EvalConfig, mode: str) -> None:
+    if config.protocol != "paper":
+        raise ValueError(
+            f"protocol: mode={mode} runs one attack (protocol=paper); protocol={config.protocol} "
+            "applies to mode=sweep and mode=compare"
+        )
 
 
 def ensemble_sweep(
@@ -127,41 +194,53 @@ def ensemble_sweep(
 
     Returns:
       dict with ``mode`` "ensemble_sweep", ``label``, ``eps`` [E], ``ensemble_sizes`` [K],
-      ``clean_accuracy`` [K] and ``accuracy`` [E][K].
+      ``clean_accuracy`` [K], ``accuracy`` [E][K] and ``robust_accuracy`` [E][K], each with
+      its ``_interval`` ([..., 2]).
     """
+    _single_attack(config, "ensemble_sweep")
     eps_values = validation.unit_values("eps_values", list(eps_values))
     sizes = validation.integer_values("ensemble_sizes", list(ensemble_sizes))
     images, labels = engine.prepare(images, labels, config)
     evaluator = engine.Evaluator(model_fn, images)
-    clean = [
-        float(
+    clean = np.stack(
+        [
             engine.clean_correct(
                 evaluator, images, labels, num_samples=n, batch_size=config.batch_size
-            ).mean()
-        )
-        for n in sizes
-    ]
-    correct, _ = engine.attack_outcomes(
+            )
+            for n in sizes
+        ]
+    )
+    spec = AttackSpec.of(config, stochastic=evaluator.stochastic)
+    outcomes = engine.attack_outcomes(
         evaluator,
         [engine.Target(evaluator, n) for n in sizes],
         images,
         labels,
-        AttackSpec.of(config),
+        spec,
         eps_values,
         restarts=config.random_restarts,
         batch_size=config.batch_size,
         seed=config.seed,
         progress=progress,
     )
+    clean_accuracy, clean_interval = reports.rates(clean)
+    # Outcomes are [K, E, N]; reports are [E][K].
+    accuracy, accuracy_interval = reports.rates(outcomes.correct.transpose(1, 0, 2))
+    robust, robust_interval = reports.rates(outcomes.robust.transpose(1, 0, 2))
     return {
         "mode": "ensemble_sweep",
         "label": label,
         **report_settings(config),
+        "num_eot_samples": spec.num_eot_samples,
         "num_examples": len(images),
         "eps": list(eps_values),
         "ensemble_sizes": list(sizes),
-        "clean_accuracy": clean,
-        "accuracy": correct.mean(axis=2).T.tolist(),
+        "clean_accuracy": clean_accuracy,
+        "clean_accuracy_interval": clean_interval,
+        "accuracy": accuracy,
+        "accuracy_interval": accuracy_interval,
+        "robust_accuracy": robust,
+        "robust_accuracy_interval": robust_interval,
     }
 
 
@@ -173,45 +252,71 @@ def steps_sweep(
     eps_values: Sequence[float],
     steps: Sequence[int],
     *,
+    step_size: float | None = REFERENCE_STEP_SIZE,
     label: str = "model",
     progress: bool = False,
 ) -> dict:
     """Accuracy against the number of attack steps at each eps (paper Fig. 4, right).
 
-    Each step count gets its own step size by the config's rule (fixed ``pgd_step_size``, or
-    ``2.5 * eps / steps``).
+    Args:
+      step_size: the step of every step count, in pixel scale, so more steps make a longer
+        path, as the reference ran Fig. 4 (0.007 on CIFAR-10). None: the config's rule
+        (``pgd_step_size``, else ``2.5 * eps / steps``: the path stays 2.5 * eps, and more
+        steps only refine it). Must be None when ``config.pgd_step_size`` is set.
 
     Returns:
-      dict with ``mode`` "steps_sweep", ``label``, ``eps`` [E], ``steps`` [K] and
-      ``accuracy`` [E][K].
+      dict with ``mode`` "steps_sweep", ``label``, ``eps`` [E], ``steps`` [K],
+      ``fixed_step_size``, ``accuracy`` [E][K] and ``robust_accuracy`` [E][K], each with its
+      ``_interval`` ([E][K][2]).
     """
+    _single_attack(config, "steps_sweep")
     if config.attack == "fgsm":
         raise ValueError("steps_sweep needs an iterative attack; fgsm always takes one step")
+    if step_size is not None:
+        validation.unit_interval("fixed_step_size", step_size, open_low=True)
+        if config.pgd_step_size is not None:
+            raise ValueError(
+                f"fixed_step_size={step_size} and pgd_step_size={config.pgd_step_size} both set "
+                "the step of steps_sweep; give one"
+            )
     eps_values = validation.unit_values("eps_values", list(eps_values))
     steps = validation.integer_values("steps", list(steps))
     images, labels = engine.prepare(images, labels, config)
     evaluator = engine.Evaluator(model_fn, images)
-    accuracy = np.zeros((len(eps_values), len(steps)))
+    correct = np.zeros((len(eps_values), len(steps), len(images)), bool)
+    robust = np.zeros_like(correct)
     for k, num_steps in enumerate(steps):
-        correct, _ = engine.attack_outcomes(
+        overrides = {"num_steps": num_steps}
+        if step_size is not None:
+            overrides["step_size"] = step_size
+        spec = AttackSpec.of(config, stochastic=evaluator.stochastic, **overrides)
+        outcomes = engine.attack_outcomes(
             evaluator,
             [engine.Target(evaluator, config.num_samples)],
             images,
             labels,
-            AttackSpec.of(config, num_steps=num_steps),
+            spec,
             eps_values,
             restarts=config.random_restarts,
             batch_size=config.batch_size,
             seed=config.seed,
             progress=progress,
         )
-        accuracy[:, k] = correct[0].mean(axis=1)
+        correct[:, k] = outcomes.correct[0]
+        robust[:, k] = outcomes.robust[0]
+    accuracy, accuracy_interval = reports.rates(correct)
+    robust_accuracy, robust_interval = reports.rates(robust)
     return {
         "mode": "steps_sweep",
         "label": label,
         **report_settings(config),
+        "num_eot_samples": spec.num_eot_samples,
         "num_examples": len(images),
         "eps": list(eps_values),
         "steps": list(steps),
-        "accuracy": accuracy.tolist(),
+        "fixed_step_size": step_size,
+        "accuracy": accuracy,
+        "accuracy_interval": accuracy_interval,
+        "robust_accuracy": robust_accuracy,
+        "robust_accuracy_interval": robust_interval,
     }

@@ -14,7 +14,7 @@ from tfp_advbnn import validation
 from tfp_advbnn.config import EvalConfig
 from tfp_advbnn.evaluation import engine
 from tfp_advbnn.evaluation.protocols import AttackSpec, diagnosis_eps
-from tfp_advbnn.evaluation.reports import attack_caption, markdown_table, report_settings
+from tfp_advbnn.evaluation.reports import attack_caption, markdown_table, rates, report_settings
 from tfp_advbnn.evaluation.sweeps import sweep
 
 AFFINITY_DEFINITION = (
@@ -71,7 +71,26 @@ def compare(
     settings = report_settings(config)
     caption = (
         f"Accuracy (%) under {attack_caption(settings)}, ensemble of {config.num_samples}, "
-        f"on {len(images)} test examples (eps in [0, 1] pixel scale, {config.norm})."
+        f"on {len(images)} test examples (eps in [0, 1] pixel scale, {config.norm}), with 95 % "
+        "Wilson intervals; the paper's count (adversarial prediction correct)."
+    )
+    robust_caption = (
+        "Robust accuracy (%): clean and adversarial predictions both correct, with the same "
+        "draws; same attacks and examples."
+    )
+    table = markdown_table(
+        names,
+        config.eps_grid,
+        [r["accuracy"] for r in reports],
+        caption=caption,
+        intervals=[r["accuracy_interval"] for r in reports],
+    )
+    robust_table = markdown_table(
+        names,
+        config.eps_grid,
+        [r["robust_accuracy"] for r in reports],
+        caption=robust_caption,
+        intervals=[r["robust_accuracy_interval"] for r in reports],
     )
     return {
         "mode": "compare",
@@ -79,9 +98,7 @@ def compare(
         "num_examples": len(images),
         "eps": list(config.eps_grid),
         "models": reports,
-        "table_markdown": markdown_table(
-            names, config.eps_grid, [r["accuracy"] for r in reports], caption=caption
-        ),
+        "table_markdown": table + "\n" + robust_table,
     }
 
 
@@ -111,8 +128,14 @@ def transfer(
 
     Returns:
       dict with ``mode`` "transfer", ``models`` (labels), ``eps``, ``clean_accuracy`` [T],
-      ``accuracy`` [E][S][T], ``affinity`` [E][S][T] and ``affinity_definition``.
+      ``accuracy`` [E][S][T] and ``robust_accuracy`` [E][S][T] (each with ``_interval``:
+      [..., 2]), ``affinity`` [E][S][T] and ``affinity_definition``.
     """
+    if config.protocol != "paper":
+        raise ValueError(
+            f"protocol: mode=transfer crafts with one attack (protocol=paper), got "
+            f"protocol={config.protocol}"
+        )
     names = _model_names(model_fns, 2)
     images, labels = engine.prepare(images, labels, config)
     if eps_values is None:
@@ -120,20 +143,26 @@ def transfer(
     eps_values = validation.unit_values("eps_values", list(eps_values))
     evaluators = [engine.Evaluator(model_fns[name], images) for name in names]
     targets = [engine.Target(ev, config.num_samples) for ev in evaluators]
-    clean = [
-        float(
+    clean_correct = np.stack(
+        [
             engine.clean_correct(
                 ev, images, labels, num_samples=config.num_samples, batch_size=config.batch_size
-            ).mean()
-        )
-        for ev in evaluators
-    ]
-    spec = AttackSpec.of(config)
-    accuracy = np.zeros((len(eps_values), len(names), len(names)))
+            )
+            for ev in evaluators
+        ]
+    )
+    clean, clean_interval = rates(clean_correct)
+    num = len(images)
+    correct = np.zeros((len(eps_values), len(names), len(names), num), bool)
+    robust = np.zeros_like(correct)
+    source_attacks = []
     for s, source in enumerate(evaluators):
+        # The source's gradients, with the EOT draws its own white-box attack would take.
+        spec = AttackSpec.of(config, stochastic=source.stochastic)
+        source_attacks.append(spec.settings())
         # Target 0 is the source itself, so the counted distortion is the white-box one.
         order = [s] + [t for t in range(len(names)) if t != s]
-        correct, _ = engine.attack_outcomes(
+        outcomes = engine.attack_outcomes(
             source,
             [targets[t] for t in order],
             images,
@@ -146,7 +175,11 @@ def transfer(
             progress=progress,
         )
         for position, t in enumerate(order):
-            accuracy[:, s, t] = correct[position].mean(axis=1)
+            correct[:, s, t] = outcomes.correct[position]
+            robust[:, s, t] = outcomes.robust[position]
+    accuracy, accuracy_interval = rates(correct)
+    robust_accuracy, robust_interval = rates(robust)
+    accuracy = np.asarray(accuracy)
     affinity = []
     for e in range(len(eps_values)):
         rows = []
@@ -166,9 +199,14 @@ def transfer(
         **report_settings(config),
         "num_examples": len(images),
         "models": names,
+        "source_attacks": source_attacks,
         "eps": list(eps_values),
         "clean_accuracy": clean,
+        "clean_accuracy_interval": clean_interval,
         "accuracy": accuracy.tolist(),
+        "accuracy_interval": accuracy_interval,
+        "robust_accuracy": robust_accuracy,
+        "robust_accuracy_interval": robust_interval,
         "affinity": affinity,
         "affinity_definition": AFFINITY_DEFINITION,
     }

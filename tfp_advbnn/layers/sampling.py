@@ -6,12 +6,20 @@ when given, otherwise from non-deterministic state) and samples statelessly with
 from it (``next_stateless_seed``), so the RNG state is a variable that ``tf.train.Checkpoint``
 saves with the model and a fixed ``seed`` gives reproducible draws. Build under
 ``strategy.scope()`` for distributed training so that each replica gets its own stream.
+
+``posterior_mean()`` turns the noise off: every layer then uses its posterior means (and the RSE
+noise layers add nothing), the deterministic pass of the ``posterior_mean`` serving signature.
 """
 
+import contextlib
 import hashlib
 import math
 
 import tensorflow as tf
+
+# How many posterior_mean() contexts are open. Process-wide rather than per thread, so that the
+# replica threads of a tf.distribute strategy see it too.
+_posterior_mean_depth = 0
 
 
 def derive_seed(seed, *salt):
@@ -32,7 +40,11 @@ def standard_normal(shape, seed, dtype=tf.float32):
     Exact in distribution, and measured 1.4x faster on these CPUs than
     ``tf.random.stateless_normal`` for the 15M weights of VGG16, which a Bayesian model draws
     at every forward pass (every PGD step). ``seed`` is an int32 [2] stateless seed.
+
+    Zeros inside ``posterior_mean()``: every draw ``loc + scale * noise`` is then its mean.
     """
+    if _posterior_mean_depth:
+        return tf.zeros(shape, dtype)
     size = tf.reduce_prod(shape)
     half = (size + 1) // 2
     uniform = tf.random.stateless_uniform(tf.stack([2, half]), seed=seed, dtype=tf.float32)
@@ -41,6 +53,27 @@ def standard_normal(shape, seed, dtype=tf.float32):
     angle = (2.0 * math.pi) * uniform[1]
     pairs = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)
     return tf.cast(tf.reshape(pairs[:size], shape), dtype)
+
+
+@contextlib.contextmanager
+def posterior_mean():
+    """Within it, every stochastic layer uses its posterior means: the noise is zero.
+
+    Each Bayesian weight ``mu + exp(s) * eps`` is then ``mu`` (Flipout's perturbation vanishes
+    too) and ``RandomNoise`` adds nothing, so a model call is one deterministic pass with the
+    weight means. It applies to calls made, and ``tf.function`` s traced, inside it: a function
+    traced outside it keeps its noise. A deterministic model is unchanged.
+
+    Example:
+      >>> with posterior_mean():
+      ...     logits = model(images, training=False)  # the same on every call
+    """
+    global _posterior_mean_depth
+    _posterior_mean_depth += 1
+    try:
+        yield
+    finally:
+        _posterior_mean_depth -= 1
 
 
 def make_generator(seed):

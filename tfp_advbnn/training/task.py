@@ -20,14 +20,33 @@ own weights, so a step with R replicas averages R Monte Carlo weight samples.
 
 The data order is a deterministic function of (seed, epoch) and the PGD random starts of
 (seed, step, replica), so a resumed run replays exactly the batches and starts it skipped to.
+
+``attack.train_attack`` picks the attack of adv and adv_bnn:
+
+- ``pgd``: the PGD above.
+- ``fgsm_rs`` (Wong, Rice, Kolter 2020): ``x0 = clip(x + U(-eps, eps), 0, 1)``, then one step
+  ``x_adv = clip(clip(x0 + a * sign(grad_x CE(f(x0; w'))), x - eps, x + eps), 0, 1)`` with
+  ``a = fgsm_step_scale * eps`` and a fresh draw ``w'`` (``fgsm_rs_examples``).
+- ``free`` (Shafahi et al. 2019): every batch is replayed ``m = free_replays`` times, one
+  optimizer step each. A per-replica perturbation ``delta`` (batch shape, carried over between
+  replays and on to the next batch, as the paper does) gives ``x_adv = clip(x + delta, 0, 1)``;
+  the ONE backward pass of the update gives both the weight gradient and ``g = grad_x loss``,
+  and ``delta <- clip(clip(x_adv + eps * sign(g), 0, 1) - x, -eps, eps)``. To keep the work of
+  the run comparable, its epochs are ``ceil(epochs / m)`` passes over the data of ``m`` steps
+  per batch (``run_epochs``); the learning-rate schedule and the KL warm-up count one
+  "equivalent epoch" per ``num_train // batch_size`` optimizer steps, so their stages fall at
+  the same fraction of the run's optimizer steps as for the other attacks.
 """
 
 from __future__ import annotations
+
+import math
 
 import tensorflow as tf
 import tf_keras
 
 from tfp_advbnn import attacks, data, layers, models, validation
+from tfp_advbnn.attacks.eot import eot_grad
 from tfp_advbnn.config import EVAL_SPLITS, KL_SCOPES, TrainConfig
 
 
@@ -50,6 +69,59 @@ def weight_decay_loss(model, weight_decay: float):
         return tf.constant(0.0, tf.float32)
     total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in weights])
     return 0.5 * weight_decay * total
+
+
+def run_epochs(config: TrainConfig) -> int:
+    """Passes over the training data the run makes: ``ceil(epochs / free_replays)`` for
+    ``train_attack="free"`` (each pass replays every batch ``free_replays`` times), else
+    ``epochs``.
+
+    Examples:
+        >>> config = TrainConfig.from_flat(
+        ...     model_dir="r", defense="adv", train_attack="free", free_replays=8, epochs=20)
+        >>> run_epochs(config)
+        3
+    """
+    return math.ceil(config.optim.epochs / config.attack.replays)
+
+
+def fgsm_rs_examples(model_fn, images, labels, *, eps: float, step_size: float, seed):
+    """FGSM from a uniform random start (Wong, Rice, Kolter 2020), L-inf, [0, 1] pixel scale.
+
+    ``x0 = clip(x + u, 0, 1)`` with ``u ~ U(-eps, eps)`` per pixel (stateless, from ``seed``);
+    ``x_adv = clip(clip(x0 + step_size * sign(g), x - eps, x + eps), 0, 1)`` with ``g`` the
+    input gradient of the summed cross-entropy at ``x0`` from one ``model_fn`` call (a fresh
+    weight draw of a stochastic model).
+
+    Args:
+      model_fn: float32 images [B, H, W, 3] in [0, 1] -> float32 logits [B, C].
+      images: float32 [B, H, W, 3] in [0, 1].
+      labels: int [B].
+      eps: the radius, a Python float in [0, 1].
+      step_size: the FGSM step, a Python float > 0 (Wong et al.: 1.25 * eps).
+      seed: int tensor [2], the stateless seed of ``u``.
+
+    Returns:
+      float32 [B, H, W, 3] within ``eps`` of ``images`` (L-inf) and in [0, 1].
+
+    Examples:
+        >>> x_adv = fgsm_rs_examples(lambda x: model(x, training=False), images, labels,
+        ...                          eps=8 / 255, step_size=1.25 * 8 / 255, seed=[0, 1])
+    """
+    noise = tf.random.stateless_uniform(tf.shape(images), seed, -eps, eps, dtype=images.dtype)
+    start = tf.clip_by_value(images + noise, 0.0, 1.0)
+    grad = eot_grad(model_fn, start, labels, 1)
+    stepped = start + step_size * tf.sign(grad)
+    return tf.clip_by_value(tf.clip_by_value(stepped, images - eps, images + eps), 0.0, 1.0)
+
+
+def free_update(images, x_adv, input_grad, eps: float):
+    """Shafahi et al.'s perturbation update: ``clip(clip(x_adv + eps * sign(g), 0, 1) - x,
+    -eps, eps)``; float32 like ``images``. A non-finite gradient entry (an overflowing
+    float16 step) leaves that pixel's step at 0."""
+    finite = tf.where(tf.math.is_finite(input_grad), input_grad, tf.zeros_like(input_grad))
+    stepped = tf.clip_by_value(x_adv + eps * tf.sign(finite), 0.0, 1.0)
+    return tf.clip_by_value(stepped - images, -eps, eps)
 
 
 def build_model_for(config: TrainConfig, num_classes: int, image_shape):
@@ -82,6 +154,7 @@ def load_data_for(config: TrainConfig) -> data.ImageData:
         max_test_examples=config.data.max_test_examples,
         validation_examples=config.data.validation_examples,
         seed=config.runtime.seed,
+        download=config.data.download,
     )
 
 
@@ -98,7 +171,9 @@ class Task:
       optimizer: its optimizer (``optim.make_optimizer``).
       strategy: the ``tf.distribute`` strategy the step runs under.
       image_data: the training data; ``config.optim.batch_size`` is the global batch size.
-      steps_per_epoch: global steps per epoch (the KL warm-up is counted in epochs).
+      steps_per_epoch: global batches per epoch, ``num_train // batch_size`` (the KL warm-up is
+        counted in epochs of that many optimizer steps, also for ``free``, whose passes over
+        the data take ``free_replays`` times as many).
     """
 
     def __init__(
@@ -136,6 +211,39 @@ class Task:
         )
         # ``robust`` is a Python bool: one trace per value, as two functions would have.
         self._compiled_eval_step = tf.function(self._global_eval_step)
+        self.free_delta = None
+        if self._free:
+            # One perturbation per replica, of its batch's shape; reading it in a replica
+            # context gives that replica's own. Checkpointed (``checkpoint_state``) so that a
+            # resumed run carries on with the same one (exactly so on one replica).
+            per_replica = self.global_batch_size // strategy.num_replicas_in_sync
+            self.free_delta = tf.Variable(
+                tf.zeros((per_replica, *image_data.spec.image_shape), tf.float32),
+                trainable=False,
+                name="free_delta",
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+    @property
+    def _free(self) -> bool:
+        return (
+            models.is_adversarial(self.config.objective.defense)
+            and self.config.attack.train_attack == "free"
+        )
+
+    def checkpoint_state(self) -> dict:
+        """The Task's own values a checkpoint keeps besides the metrics: ``free_delta`` for
+        ``train_attack="free"``, else none (so other runs keep their checkpoint layout)."""
+        return {"free_delta": self.free_delta} if self._free else {}
+
+    def epoch_record(self, epoch: int) -> dict:
+        """What a metrics line says of the schedule after pass ``epoch`` (0-based): for free,
+        its replays and the equivalent epochs done (passes times replays); else nothing."""
+        if not self._free:
+            return {}
+        replays = self.config.attack.replays
+        return {"free_replays": replays, "equivalent_epochs": (epoch + 1) * replays}
 
     @property
     def train_metrics(self) -> tuple:
@@ -164,15 +272,25 @@ class Task:
         return weight * tf.minimum(progress, 1.0)
 
     def adversarial_examples(self, images, labels):
-        """PGD-``train_pgd_steps`` examples at ``train_eps`` (L-inf, [0, 1] pixel scale) of a
-        replica's batch, with a fresh weight draw at every PGD step; called in a replica
-        context. The random start is a function of (seed, optimizer step, replica), so it is
-        replayed exactly after a resume."""
+        """The ``train_attack`` examples at ``train_eps`` (L-inf, [0, 1] pixel scale) of a
+        replica's batch, called in a replica context: PGD-``train_pgd_steps`` with a fresh
+        weight draw at every PGD step, or ``fgsm_rs_examples`` (one draw). ``free`` makes its
+        examples in the update itself (``_replica_step``). The random start is a function of
+        (seed, optimizer step, replica), so it is replayed exactly after a resume."""
         config = self.config
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         step = tf.cast(self.optimizer.iterations, tf.int64)
         offset = step * 1024 + tf.cast(replica, tf.int64)
         seed = tf.stack([tf.constant(config.runtime.seed, tf.int64), offset])
+        if config.attack.train_attack == "fgsm_rs":
+            return fgsm_rs_examples(
+                self.inference_logits,
+                images,
+                labels,
+                eps=config.attack.train_eps,
+                step_size=config.attack.fgsm_step,
+                seed=seed,
+            )
         return attacks.pgd(
             self.inference_logits,
             images,
@@ -199,6 +317,12 @@ class Task:
                 input_context=context,
             )
             replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
+            replays = self.config.attack.replays if self._free else 1
+            if replays > 1:
+                # free: each batch ``replays`` times in a row, one global step each.
+                dataset = dataset.flat_map(
+                    lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(replays)
+                )
             return dataset.skip(skip * replicas_per_pipeline)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
@@ -219,9 +343,18 @@ class Task:
 
     def _replica_step(self, images, labels):
         config = self.config
-        if models.is_adversarial(config.objective.defense):
+        free = self._free
+        if free:
+            clean = images
+            size = tf.shape(images)[0]
+            # The carried perturbation, cut to this batch (a smaller one takes its first rows).
+            carried = self.free_delta[:size]
+            images = tf.clip_by_value(clean + carried, 0.0, 1.0)
+        elif models.is_adversarial(config.objective.defense):
             images = self.adversarial_examples(images, labels)
         with tf.GradientTape() as tape:
+            if free:
+                tape.watch(images)
             logits = tf.cast(self.model(images, training=True), tf.float32)
             per_example = tf_keras.losses.sparse_categorical_crossentropy(
                 labels, logits, from_logits=True
@@ -235,7 +368,13 @@ class Task:
             loss = cross_entropy + tf.nn.scale_regularization_loss(kl_term + decay)
             scaled = self.optimizer.get_scaled_loss(loss) if self._loss_scaled else loss
         variables = self.model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
+        if free:
+            # The one backward pass of free training: the input and the weight gradients.
+            input_grad, *gradients = tape.gradient(scaled, [images, *variables])
+            delta = free_update(clean, images, input_grad, config.attack.train_eps)
+            self.free_delta.assign(tf.concat([delta, self.free_delta[size:]], axis=0))
+        else:
+            gradients = tape.gradient(scaled, variables)
         if self._loss_scaled:
             gradients = self.optimizer.get_unscaled_gradients(gradients)
         # The loss scaler skips overflowing float16 steps by design; only a non-finite loss

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -39,8 +38,8 @@ from absl import logging
 
 from tfp_advbnn import data, export, models, run_dir
 from tfp_advbnn.config import TrainConfig
-from tfp_advbnn.training import checkpointing, optim, preemption
-from tfp_advbnn.training.task import Task, build_model_for, load_data_for
+from tfp_advbnn.training import checkpointing, guard, optim, preemption, progress, summaries
+from tfp_advbnn.training.task import Task, build_model_for, load_data_for, run_epochs
 
 
 class Trainer:
@@ -61,6 +60,20 @@ class Trainer:
                 f"batch_size {config.optim.batch_size} is larger than the training set "
                 f"({spec.num_train} examples)"
             )
+        # The schedule and the KL warm-up count batches_per_epoch optimizer steps an epoch;
+        # train_attack=free makes run_epochs passes of that many batches, each batch replayed.
+        self.batches_per_epoch = self.steps_per_epoch
+        self.steps_per_epoch *= config.attack.replays
+        self.num_epochs = run_epochs(config)
+        if self.num_epochs != config.optim.epochs:
+            logging.info(
+                "train_attack=free: %d passes over the data, %d steps each (every batch %d "
+                "times), for epochs=%d",
+                self.num_epochs,
+                self.steps_per_epoch,
+                config.attack.replays,
+                config.optim.epochs,
+            )
         self.identity = checkpointing.model_identity(config, spec.num_classes, spec.image_shape)
         # A string lives on the host only, so this one stays outside the strategy's devices.
         with tf.device("/cpu:0"):
@@ -74,12 +87,13 @@ class Trainer:
                 self.model = build_model_for(config, spec.num_classes, spec.image_shape)
             finally:
                 tf_keras.mixed_precision.set_global_policy(previous_policy)
-            self.optimizer = optim.make_optimizer(config, self.steps_per_epoch)
+            self.optimizer = optim.make_optimizer(config, self.batches_per_epoch)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.task = Task(
-                config, self.model, self.optimizer, self.strategy, self.data, self.steps_per_epoch
+                config, self.model, self.optimizer, self.strategy, self.data, self.batches_per_epoch
             )
+            self.guard = guard.for_run(config, self.task, self.strategy, self.data)
             self.optimizer.build(self.model.trainable_variables)
             task = self.task
             self.checkpoint = tf.train.Checkpoint(
@@ -89,6 +103,8 @@ class Trainer:
                 step_in_epoch=self.step_in_epoch,
                 canary_steps=task.canary_steps,
                 model_identity=self.model_identity,
+                **self.task.checkpoint_state(),
+                **({} if self.guard is None else self.guard.checkpoint_state()),
                 train_loss=task.train_loss,
                 train_accuracy=task.train_accuracy,
                 train_kl=task.train_kl,
@@ -198,10 +214,14 @@ class Trainer:
         non-finite step rolled the run back (the loop then goes on from the restored state)."""
         task = self.task
         iterator = task.train_iterator(epoch, start_step)
-        progress = tf_keras.utils.Progbar(
-            self.steps_per_epoch,
-            stateful_metrics=["loss", "accuracy", "kl"],
-            verbose=1 if verbose and sys.stdout.isatty() else 0,
+        bar = progress.EpochProgress(
+            epoch=epoch,
+            epochs=self.num_epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            start_step=start_step,
+            batch_size=self.config.optim.batch_size,
+            log_every_secs=self.config.monitor.log_every_secs,
+            verbose=verbose,
         )
         started = time.time()
         for step in range(start_step, self.steps_per_epoch):
@@ -210,14 +230,7 @@ class Trainer:
                 self._roll_back(epoch, step, self._nonfinite_retries)
                 return None
             self.step_in_epoch.assign(step + 1)
-            progress.update(
-                step + 1,
-                [
-                    ("loss", float(task.train_loss.result())),
-                    ("accuracy", float(task.train_accuracy.result())),
-                    ("kl", float(task.train_kl.result())),
-                ],
-            )
+            bar.update(step + 1, progress.step_metrics(task))
             if handler is not None:
                 handler.save_checkpoint_if_preempted()
             elif stop:
@@ -234,7 +247,7 @@ class Trainer:
     def _epoch_metrics(self, epoch: int, start_step: int, train_seconds: float) -> dict:
         """The metrics line of a finished epoch, its evaluation included."""
         config, task = self.config, self.task
-        schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
+        schedule = optim.learning_rate_schedule(config, self.batches_per_epoch)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": float(task.train_loss.result()),
@@ -276,7 +289,7 @@ class Trainer:
         last = {}
         self._nonfinite_retries = 0
         with preemption.StopRequested() if handler is None else contextlib.nullcontext() as stop:
-            while int(self.epoch.numpy()) < config.optim.epochs:
+            while int(self.epoch.numpy()) < self.num_epochs:
                 epoch = int(self.epoch.numpy())
                 start_step = int(self.step_in_epoch.numpy())
                 if start_step == 0:
@@ -293,6 +306,9 @@ class Trainer:
                         f"expected {expected}: a step was lost or repeated"
                     )
                 last = self._epoch_metrics(epoch, start_step, train_seconds)
+                last.update(self.task.epoch_record(epoch))
+                if self.guard is not None:
+                    last.update(self.guard.check(epoch))
                 # The metrics line goes first: a kill before the save below makes the resumed
                 # run redo the end of the epoch and replace the line with the same values.
                 if self.is_chief:
@@ -304,8 +320,11 @@ class Trainer:
                     for key, value in last.items():
                         if key != "epoch":
                             tf.summary.scalar(_summary_name(key), value)
+                    summaries.write_posterior_histograms(self.model, epoch + 1)
                 if verbose:
                     print(_format_metrics(last), flush=True)
+                if self.guard is not None and self.guard.finish_epoch(self, last):
+                    break
         if export:
             self.export()
         if handler is not None:

@@ -1,5 +1,6 @@
 """The KerasTuner tuner whose trials are runs of ``training.Trainer``, and the search loop:
-the data shared by the trials, the oracle, the settings a rerun must repeat, and the run.
+the data shared by the trials, the oracle, the settings a rerun must repeat, and the run, in
+one process or as the chief or a worker of a distributed search (``tuning.distributed``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_advbnn import data, run_dir, training
+from tfp_advbnn.tuning import distributed
 from tfp_advbnn.tuning.search_config import METRICS, TUNED, SearchConfig, trial_metrics
 from tfp_advbnn.tuning.summaries import (
     BEST_FILENAME,
@@ -88,19 +90,39 @@ def check_tuner_available(tuner: str) -> None:
             ) from None
 
 
+def check_distributed(search: SearchConfig, role: str | None) -> None:
+    """Raises ValueError when ``search`` cannot run in the distributed ``role``: the trials of a
+    tuning worker may use the GPUs of its machine (``strategy=mirrored``), but not a
+    ``multi_worker`` cluster, whose every process would report the same trial."""
+    if role is not None and search.base.runtime.strategy == "multi_worker":
+        raise ValueError(
+            "strategy='multi_worker' cannot run the trials of a distributed search "
+            f"({distributed.TUNER_ID_ENV}={os.environ.get(distributed.TUNER_ID_ENV)!r}); use "
+            "strategy=mirrored within each worker"
+        )
+
+
 class AdvBnnTuner(kt.Tuner):
     """A KerasTuner tuner whose trials are runs of ``training.Trainer``.
+
+    In a distributed search (``tuning.distributed``) the chief only serves the oracle and the
+    workers run the trials; they must share ``tuner_dir`` (one filesystem). A worker waits for
+    the chief, then checks the settings against the chief's ``search.json``.
 
     Args:
       search: the validated search settings; ``search.tuner_dir`` is KerasTuner's project dir.
       image_data: the data of every trial, from ``load_search_data(search)``.
     Raises:
-      ValueError: when ``tuner_dir`` holds a search with other settings, or ``image_data`` has
-        no validation split of ``search.base.data.validation_examples`` images.
+      ValueError: when ``tuner_dir`` holds a search with other settings, ``image_data`` has
+        no validation split of ``search.base.data.validation_examples`` images, the
+        KERASTUNER_* variables are inconsistent, or a worker finds no ``search.json`` of the
+        chief in ``tuner_dir``.
     """
 
     def __init__(self, search: SearchConfig, image_data: data.ImageData):
         search.validate()
+        self.role = distributed.distributed_role()
+        check_distributed(search, self.role)
         if image_data.spec.num_validation != search.base.data.validation_examples:
             raise ValueError(
                 f"image_data has {image_data.spec.num_validation} validation images but the "
@@ -109,7 +131,8 @@ class AdvBnnTuner(kt.Tuner):
             )
         self.search_config = search
         self.image_data = image_data
-        _check_or_write_settings(search)
+        if self.role != "worker":
+            _check_or_write_settings(search)
         directory, project_name = os.path.split(os.path.abspath(search.tuner_dir))
         super().__init__(
             oracle=make_oracle(search),
@@ -117,9 +140,27 @@ class AdvBnnTuner(kt.Tuner):
             project_name=project_name,
             overwrite=False,
         )
+        if self.role == "worker":
+            # Blocks until the chief answers; it writes search.json before it serves.
+            self.oracle.get_space()
+            _check_or_write_settings(search, write=False)
+
+    def search(self, *fit_args, **fit_kwargs):
+        """Runs trials until the oracle has none left; the chief serves the oracle instead
+        (``distributed.serve_oracle``) until every worker is done."""
+        if self.role != "chief":
+            super().search(*fit_args, **fit_kwargs)
+            return
+        self.oracle.verbose = fit_kwargs.get("verbose", 1)
+        self.save()
+        distributed.serve_oracle(self.oracle)
+        # KerasTuner's end_trial saves the oracle before it drops the trial from the ongoing
+        # ones; a chief restarted on that state would queue a finished trial for a retry.
+        self.save()
 
     def trial_model_dir(self, trial_id: str) -> str:
-        """Where the Trainer of trial ``trial_id`` keeps its run."""
+        """Where the Trainer of trial ``trial_id`` keeps its run: one directory per trial id, so
+        workers never share one (the oracle gives a trial to one worker at a time)."""
         return os.path.join(self.project_dir, f"trial_{trial_id}", TRIAL_MODEL_DIRNAME)
 
     def run_trial(self, trial, verbose=1) -> dict:
@@ -127,11 +168,16 @@ class AdvBnnTuner(kt.Tuner):
 
         Hyperband's ``tuner/epochs`` sets the trial's epochs; a trial continuing
         ``tuner/trial_id`` starts from a copy of that trial's checkpoints, so it trains only
-        the epochs after ``tuner/initial_epoch``. ``verbose`` is the value given to
-        ``search()``; when true the Trainer prints its per-epoch metrics.
+        the epochs after ``tuner/initial_epoch``. A trial run again (interrupted, or its worker
+        killed and restarted with the same tuner id) resumes from its latest checkpoint.
+        ``verbose`` is the value given to ``search()``; when true the Trainer prints its
+        per-epoch metrics. Each run appends its ``start`` and ``end`` to the trial's
+        ``runs.jsonl``.
         """
         values = trial.hyperparameters.values
         model_dir = self.trial_model_dir(trial.trial_id)
+        trial_dir = os.path.dirname(model_dir)
+        distributed.log_trial_run(trial_dir, "start", self.tuner_id)
         if "tuner/trial_id" in values:
             _start_from_checkpoint(self.trial_model_dir(values["tuner/trial_id"]), model_dir)
         config = self.search_config.trial_config(
@@ -146,11 +192,13 @@ class AdvBnnTuner(kt.Tuner):
         # its checkpoint, and an export costs seconds of tracing.
         trainer.fit(verbose=bool(verbose), export=False)
         results = trainer.task.evaluate(self.image_data.spec.num_validation, split="validation")
-        return trial_metrics(
+        metrics = trial_metrics(
             results["validation_accuracy"],
             results["validation_robust_accuracy"],
             self.search_config.combined_weight,
         )
+        distributed.log_trial_run(trial_dir, "end", self.tuner_id)
+        return metrics
 
     def save_model(self, trial_id, model, step=0):
         """Saves nothing: a trial's model is the tf_keras checkpoint its Trainer wrote into
@@ -189,10 +237,18 @@ class AdvBnnTuner(kt.Tuner):
         return sorted(records, key=lambda record: int(record["trial_id"]))
 
 
-def _check_or_write_settings(search: SearchConfig) -> None:
-    """Writes search.json, or checks that a rerun repeats the settings found there."""
+def _check_or_write_settings(search: SearchConfig, write: bool = True) -> None:
+    """Writes search.json, or checks that a rerun (or a worker) repeats the settings found
+    there. With ``write=False`` (a worker) a missing search.json is an error: the chief writes
+    it into the shared tuner_dir."""
     path = os.path.join(search.tuner_dir, SEARCH_FILENAME)
     settings = search.settings()
+    if not write and not os.path.exists(path):
+        raise ValueError(
+            f"tuner_dir {search.tuner_dir} has no {SEARCH_FILENAME}, though the chief at "
+            f"{distributed.oracle_address()} is serving: the chief and the workers must share "
+            "tuner_dir (one filesystem, the same path)"
+        )
     if os.path.exists(path):
         with open(path) as f:
             existing = json.load(f)
@@ -242,18 +298,32 @@ def _start_from_checkpoint(previous_model_dir: str, model_dir: str) -> None:
     run_dir.replace_dir(staging, target)
 
 
-def run_search(search: SearchConfig, image_data: data.ImageData, verbose: bool = True) -> dict:
+def run_search(
+    search: SearchConfig, image_data: data.ImageData, verbose: bool = True
+) -> dict | None:
     """Runs (or resumes) the search, then writes ``best_hyperparameters.json`` and
     ``summary.md`` into ``search.tuner_dir`` and prints the summary.
 
+    In a distributed search (``tuning.distributed``) the chief serves the oracle until the
+    workers are done, then writes the summary; a worker runs trials until none is left and
+    writes no summary.
+
     Returns:
       The best trial: ``trial_id``, ``objective``, ``objective_value``, ``hyperparameters``,
-      ``epochs``, ``metrics`` and ``model_dir`` (the content of best_hyperparameters.json).
+      ``epochs``, ``metrics`` and ``model_dir`` (the content of best_hyperparameters.json);
+      None on a worker.
     Raises:
       RuntimeError: when no trial completed (summary.md still lists the trials).
+
+    Examples:
+        >>> search, image_data = load_search_data(search)
+        >>> best = run_search(search, image_data)  # KERASTUNER_* unset: one process
+        >>> best["hyperparameters"]["alpha"]
     """
     tuner = AdvBnnTuner(search, image_data)
     tuner.search(verbose=1 if verbose else 0)
+    if tuner.role == "worker":
+        return None
     records = tuner.trial_records()
     best = best_record(records, search.objective_name)
     summary = summary_markdown(records, search, best)
