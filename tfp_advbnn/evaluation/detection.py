@@ -16,13 +16,11 @@ deterministic model, whose mutual information is 0 everywhere, gets 0.5.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 from tfp_advbnn import predict, run_dir
 from tfp_advbnn.config import EvalConfig
@@ -66,12 +64,6 @@ def roc_auc(negatives, positives) -> float:
     ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]
     n_pos, n_neg = positives.size, negatives.size
     return float((ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _progress(total: int, enabled: bool):
-    """A progress bar on a terminal; silent when output is not a TTY (logs, CI, tests)."""
-    verbose = 1 if enabled and sys.stdout.isatty() else 0
-    return tf_keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
 
 
 def detect(
@@ -155,7 +147,7 @@ def detect(
     clean_correct = np.zeros(num, bool)
     adversarial = {name: np.zeros((len(eps_values), num)) for name in SCORES}
     adversarial_correct = np.zeros((len(eps_values), num), bool)
-    bar = _progress(len(parts) * (len(eps_values) + 1), progress)
+    bar = engine.progress_bar(len(parts) * (len(eps_values) + 1), progress)
     done = 0
     for batch_index, part in enumerate(parts):
         x = tf.constant(images[part])

@@ -146,7 +146,7 @@ class Target:
     num_samples: int
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
     """A progress bar on a terminal; silent when output is not a TTY (logs, CI, tests)."""
     verbose = 1 if enabled and sys.stdout.isatty() else 0
     return tf_keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
@@ -199,7 +199,7 @@ def attack_outcomes(
     robust = np.ones_like(correct)
     distortion = np.zeros((len(eps_values), num), np.float32)
     parts = batches(num, batch_size)
-    bar = _progress(len(parts) * (restarts + 1) * len(eps_values), progress)
+    bar = progress_bar(len(parts) * (restarts + 1) * len(eps_values), progress)
     done = 0
     for batch_index, part in enumerate(parts):
         x = tf.constant(images[part], tf.float32)
