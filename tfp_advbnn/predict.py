@@ -19,6 +19,7 @@ classifies files with a model, as ``python -m trainers.predict`` does.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -138,7 +139,9 @@ def read_image_files(paths: Sequence[str]) -> list[bytes]:
         try:
             tf.io.decode_image(data, channels=3, expand_animations=False)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "bad data"
+            # TF's message starts with the op's device scope in braces; the reason follows.
+            message = getattr(error, "message", str(error))
+            reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", message).strip() or "bad data"
             raise ImageFileError(f"{path} is not a PNG or JPEG image: {reason}") from None
         contents.append(data)
     return contents

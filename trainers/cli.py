@@ -68,7 +68,7 @@ from absl import app, flags, logging  # noqa: E402
 
 def _input_readers():
     """The code objects of the functions that read user inputs (data, model_dir, SavedModel)."""
-    from tfp_advbnn import run_dir
+    from tfp_advbnn import export, predict, run_dir, tuning
     from tfp_advbnn.data import registry
     from tfp_advbnn.evaluation import runner
     from tfp_advbnn.training import checkpointing, trainer
@@ -82,6 +82,10 @@ def _input_readers():
         checkpointing.restore_latest,
         runner.load_model,
         trainer.Trainer._start,
+        export.export_version,
+        export.export_saved_model,
+        predict.read_image_files,
+        tuning.load_search_data,
     ]
     return {f.__code__ for f in functions}
 

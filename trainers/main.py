@@ -13,9 +13,13 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from trainers import cli  # noqa: E402  (first: it quiets TensorFlow's start-up)
+
+# isort: split
+
 import sys  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from trainers import flags as training_flags  # noqa: E402
 
@@ -25,8 +29,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # TensorFlow's checkpoint and export INFO lines would drown the per-epoch metrics.
-    logging.set_verbosity(logging.WARNING)
     model_dir = FLAGS.model_dir or os.path.join(
         "runs", f"{FLAGS.dataset}_{training_flags.model_name()}_{FLAGS.defense}"
     )
@@ -56,4 +58,4 @@ if __name__ == "__main__":
     from tfp_advbnn import config
 
     training_flags.define_flags(config.TrainConfig, only=training_flags.RUN_ONLY)
-    app.run(main)
+    cli.run(main)

@@ -15,6 +15,10 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from trainers import cli  # noqa: E402  (first: it quiets TensorFlow's start-up)
+
+# isort: split
+
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -49,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -40,9 +40,13 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # before TensorFlow is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from trainers import cli  # noqa: E402  (first: it quiets TensorFlow's start-up)
+
+# isort: split
+
 import sys  # noqa: E402
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from trainers import flags as training_flags  # noqa: E402
 from trainers.main import run_training  # noqa: E402
@@ -164,8 +168,6 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from tfp_advbnn import tuning
 
-    # TensorFlow's checkpoint INFO lines would drown the trial results.
-    logging.set_verbosity(logging.WARNING)
     search = search_config_from_flags()
     requested = search.base.data.validation_examples
     search, image_data = tuning.load_search_data(search)
@@ -215,4 +217,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -182,3 +182,25 @@ def test_evaluate_cli_attacks_with_pgd_20_by_default():
     )
     help_text = " ".join(result.stdout.split())
     assert re.search(r"--pgd_steps:[^-]*default 20 \(adaptive: 100\)", help_text), help_text[-2000:]
+
+
+def test_cli_detect_writes_aucs_and_a_plot(tmp_path, trained_dir):
+    output = tmp_path / "detect.json"
+    result = _cli(
+        "--mode=detect",
+        f"--model_dir={trained_dir}",
+        "--sweep_eps=0.03,0.01",
+        "--pgd_steps=3",
+        "--num_samples=2",
+        "--max_examples=16",
+        f"--output={output}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["mode"] == "detect" and report["defense"] == "plain"
+    assert report["eps"] == [0.01, 0.03] and report["num_examples"] == 16
+    # A deterministic network has no epistemic part: every score is 0, so every AUC is chance.
+    assert report["auc"]["mutual_information"] == [0.5, 0.5]
+    assert all(0.0 <= auc <= 1.0 for auc in report["auc"]["entropy"])
+    assert "AUC entropy" in result.stdout
+    assert_png(tmp_path / "detect.png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfp_advbnn import attacks, run_dir
+from tfp_advbnn.evaluation.detection import plot_detection
 from tfp_advbnn.evaluation.protocols import MODES
 from tfp_advbnn.evaluation.reports import attack_caption
 
@@ -98,6 +99,8 @@ def plot_report(report: dict, path: str) -> str:
     mode = report["mode"]
     if mode == "transfer":
         return _plot_transfer(report, path)
+    if mode == "detect":
+        return plot_detection(report, path)
     attack_text = attack_caption(report)
     if mode == "sweep":
         figure = _curves_figure(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from tfp_advbnn import attacks, validation
 from tfp_advbnn.config import ADAPTIVE_EPS_GRIDS, DEFAULT_EPS_GRIDS, EvalConfig
 
-MODES = ("sweep", "compare", "transfer", "ensemble_sweep", "steps_sweep")
+MODES = ("sweep", "compare", "transfer", "ensemble_sweep", "steps_sweep", "detect")
 DEFENSE_NAMES = {
     "plain": "No defense",
     "bnn": "BNN",

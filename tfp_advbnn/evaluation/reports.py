@@ -214,8 +214,26 @@ def sweep_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def detect_summary(report: dict) -> str:
+    """A detect report as console text: the accuracies and both AUCs per eps."""
+    clean = percent_with_interval(report["clean_accuracy"], report["clean_accuracy_interval"])
+    lines = [
+        f"{report['label']}: clean accuracy {clean} %; {attack_caption(report)}; "
+        f"{report['ensemble_draws']}-draw uncertainties",
+        "      eps  adversarial accuracy  AUC entropy  AUC mutual information",
+    ]
+    for e, eps in enumerate(report["eps"]):
+        accuracy = percent_with_interval(
+            report["adversarial_accuracy"][e], report["adversarial_accuracy_interval"][e]
+        )
+        entropy, information = (report["auc"][name][e] for name in report["auc"])
+        lines.append(f"  {eps:7.4f}  {accuracy:20}  {entropy:11.3f}  {information:.3f}")
+    return "\n".join(lines)
+
+
 def summary(report: dict) -> str | None:
-    """Console text of a report: the table and model summaries of compare, a sweep's summary.
+    """Console text of a report: the table and model summaries of compare, a sweep's summary,
+    detect's AUCs.
 
     None for the modes whose figure is their summary (transfer and the Fig. 4 ablations).
     """
@@ -223,4 +241,6 @@ def summary(report: dict) -> str | None:
         return "\n".join([report["table_markdown"], *map(sweep_summary, report["models"])])
     if report["mode"] == "sweep":
         return sweep_summary(report)
+    if report["mode"] == "detect":
+        return detect_summary(report)
     return None

@@ -18,6 +18,7 @@ import tf_keras
 
 from tfp_advbnn import export, models, run_dir, training, validation
 from tfp_advbnn.config import EvalConfig
+from tfp_advbnn.evaluation.detection import detect
 from tfp_advbnn.evaluation.plots import plot_report
 from tfp_advbnn.evaluation.protocols import (
     DEFENSE_NAMES,
@@ -31,7 +32,7 @@ from tfp_advbnn.evaluation.reports import write_json
 from tfp_advbnn.evaluation.sweeps import ensemble_sweep, steps_sweep, sweep
 from tfp_advbnn.evaluation.transfer import compare, transfer
 
-SINGLE_RUN_MODES = ("sweep", "ensemble_sweep", "steps_sweep")
+SINGLE_RUN_MODES = ("sweep", "ensemble_sweep", "steps_sweep", "detect")
 # The modes that run a protocol's several attacks; the others run the paper protocol's one.
 PROTOCOL_MODES = ("sweep", "compare")
 
@@ -114,9 +115,10 @@ class Request:
         several runs, ``evaluation/`` in their common parent).
       plot: figure PNG path (None: ``output`` with ``.png``).
       data_dir: test data location, overriding the runs' own.
-      sweep_eps: radii of transfer, ensemble_sweep and steps_sweep (None: the ``diagnosis_eps``
-        of the eps grid; transfer on CIFAR-10 and STL-10: ``TRANSFER_EPS``, the reference's
-        0.06); stored sorted and unique.
+      sweep_eps: radii of transfer, ensemble_sweep, steps_sweep and detect (None: the
+        ``diagnosis_eps`` of the eps grid; transfer on CIFAR-10 and STL-10: ``TRANSFER_EPS``,
+        the reference's 0.06; detect: every non-zero eps of the grid); stored sorted and
+        unique.
       sweep_sizes: ensemble sizes of ensemble_sweep.
       sweep_steps: step counts of steps_sweep.
       fixed_step_size: the step of every step count of steps_sweep (the reference's 0.007, so
@@ -271,6 +273,18 @@ def _evaluate(request: Request, config: EvalConfig, loaded, images, labels) -> d
             config,
             label=first,
             with_checks=request.with_checks,
+            stochastic=stochastic[first],
+            progress=True,
+        )
+    elif request.mode == "detect":
+        detect_eps = request.sweep_eps or [e for e in config.eps_grid if e > 0]
+        report = detect(
+            model_fns[first],
+            images,
+            labels,
+            config,
+            detect_eps,
+            label=first,
             stochastic=stochastic[first],
             progress=True,
         )

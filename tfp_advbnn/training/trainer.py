@@ -191,6 +191,8 @@ class Trainer:
         """Writes (or checks) the run's files, then restores its checkpoint or writes the
         first one, the first rollback target of the non-finite guard."""
         config, spec = self.config, self.data.spec
+        if os.path.exists(config.model_dir) and not os.path.isdir(config.model_dir):
+            raise NotADirectoryError(f"model_dir {config.model_dir} exists and is not a directory")
         os.makedirs(config.model_dir, exist_ok=True)
         run_dir.check_or_write_config(config, write=self.is_chief)
         if self.is_chief:
