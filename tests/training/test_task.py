@@ -362,3 +362,25 @@ def test_kl_warmup_ramps_the_kl_weight_linearly_over_its_epochs(tmp_path, small_
     for step in range(int(ramp) + 3):
         expected = full * min(1.0, (step + 1) / ramp)
         np.testing.assert_allclose(float(trainer.task.kl_weight(step)), expected, rtol=1e-6)
+
+
+def test_jit_compiled_step_equals_the_plain_step(tmp_path, small_data):
+    """--jit_compile: XLA runs the replica's attack and update (the iterator stays outside it)
+    and gives the weights of the uncompiled step."""
+    weights = {}
+    for jit in (False, True):
+        config = tiny_config(
+            tmp_path / str(jit),
+            defense="adv",
+            jit_compile=jit,
+            optimizer="sgd",
+            learning_rate=0.1,
+            momentum=0.0,
+            weight_decay=0.0,
+        )
+        trainer = Trainer(config, image_data=small_data)
+        faults = trainer.task.train_step(trainer.task.train_iterator(0))
+        assert int(faults) == 0
+        weights[jit] = [v.numpy() for v in trainer.model.trainable_variables]
+    for plain, compiled in zip(weights[False], weights[True], strict=True):
+        np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)

@@ -21,6 +21,9 @@ TRAIN_ATTACKS = ("pgd", "fgsm_rs", "free")
 DEFAULT_FGSM_STEP_SCALE = 1.25
 DEFAULT_FREE_REPLAYS = 8
 DEFAULT_GUARD_EXAMPLES = 256
+# Wong et al.'s guard attack (PGD-5); a fall to half the best is a collapse, not noise.
+DEFAULT_GUARD_PGD_STEPS = 5
+DEFAULT_GUARD_DROP = 0.5
 
 # The initial posterior std of the Bayesian defenses, measured (not the paper's sigma_0): see
 # the comment on ``training.recipe.DEFENSE_DEFAULTS``.
@@ -148,13 +151,15 @@ class AttackConfig:
         "fgsm_rs and free, 0 for pgd).",
         applies_to=_ADVERSARIAL,
     )
-    guard_pgd_steps: int = setting(
-        5, "PGD steps of the guard's attack (Wong et al.'s 5).", applies_to=_ADVERSARIAL
+    guard_pgd_steps: int | None = setting(
+        None,
+        "PGD steps of the guard's attack (>= 1; default 5, Wong et al.'s); guard on only.",
+        applies_to=_ADVERSARIAL,
     )
-    guard_drop: float = setting(
-        0.5,
-        "The guard fires when its accuracy falls below guard_drop * its best (in (0, 1)) and "
-        "by more than 3 binomial standard errors.",
+    guard_drop: float | None = setting(
+        None,
+        "The guard fires when its accuracy falls below guard_drop * its best (in (0, 1); "
+        "default 0.5) and by more than 3 binomial standard errors; guard on only.",
         applies_to=_ADVERSARIAL,
     )
 
@@ -184,6 +189,16 @@ class AttackConfig:
         if self.guard_examples is not None:
             return self.guard_examples
         return 0 if self.train_attack == "pgd" else DEFAULT_GUARD_EXAMPLES
+
+    @property
+    def guard_steps(self) -> int:
+        """The guard's PGD steps: ``guard_pgd_steps``, else 5."""
+        return DEFAULT_GUARD_PGD_STEPS if self.guard_pgd_steps is None else self.guard_pgd_steps
+
+    @property
+    def guard_fraction(self) -> float:
+        """The guard's collapse ratio: ``guard_drop``, else 0.5."""
+        return DEFAULT_GUARD_DROP if self.guard_drop is None else self.guard_drop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,10 +360,18 @@ class TrainConfig(FlatConfig):
             validation.positive("attack.fgsm_step_scale", attack.fgsm_step_scale)
         validation.optional_integer("attack.free_replays", attack.free_replays, minimum=1)
         validation.optional_integer("attack.guard_examples", attack.guard_examples, minimum=0)
-        validation.integer("attack.guard_pgd_steps", attack.guard_pgd_steps, minimum=1)
-        validation.number(
-            "attack.guard_drop", attack.guard_drop, low=0, high=1, low_open=True, high_open=True
-        )
+        for name in ("guard_pgd_steps", "guard_drop"):
+            value = getattr(attack, name)
+            if value is not None and attack.guard_size == 0:
+                raise ValueError(
+                    f"attack.{name} {value!r} applies only with the guard on; it is off "
+                    f"(guard_examples {attack.guard_size}, train_attack {attack.train_attack!r})"
+                )
+        validation.optional_integer("attack.guard_pgd_steps", attack.guard_pgd_steps, minimum=1)
+        if attack.guard_drop is not None:
+            validation.number(
+                "attack.guard_drop", attack.guard_drop, low=0, high=1, low_open=True, high_open=True
+            )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

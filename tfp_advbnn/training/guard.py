@@ -117,14 +117,14 @@ class CollapseGuard:
     def _replica_correct(self, images, labels):
         attack = self.config.attack
         # Any step does on a radius-0 ball; ``pgd`` needs one > 0.
-        step = attacks.default_step_size(attack.train_eps, attack.guard_pgd_steps) or 1.0
+        step = attacks.default_step_size(attack.train_eps, attack.guard_steps) or 1.0
         x_adv = attacks.pgd(
             self.task.inference_logits,
             images,
             labels,
             eps=attack.train_eps,
             step_size=step,
-            num_steps=attack.guard_pgd_steps,
+            num_steps=attack.guard_steps,
         )
         predictions = tf.argmax(self.task.inference_logits(x_adv), axis=-1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.int32))
@@ -135,7 +135,10 @@ class CollapseGuard:
         accuracy = self.accuracy()
         best = float(self.best_accuracy.numpy())
         fired = collapsed(
-            best if best >= 0 else None, accuracy, len(self.labels), self.config.attack.guard_drop
+            best if best >= 0 else None,
+            accuracy,
+            len(self.labels),
+            self.config.attack.guard_fraction,
         )
         self._new_best = not fired and accuracy > best
         if self._new_best:

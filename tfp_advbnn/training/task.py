@@ -206,9 +206,14 @@ class Task:
             "test/robust_accuracy"
         )
         self._loss_scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
-        self._compiled_step = tf.function(
-            self._global_step, jit_compile=config.runtime.jit_compile or None
+        # XLA compiles the replica's computation only: the iterator's next() is a host op that
+        # XLA cannot compile, so it stays in the outer function, as Keras's fit does.
+        self._replica_update = (
+            tf.function(self._replica_step, jit_compile=True)
+            if config.runtime.jit_compile
+            else self._replica_step
         )
+        self._compiled_step = tf.function(self._global_step)
         # ``robust`` is a Python bool: one trace per value, as two functions would have.
         self._compiled_eval_step = tf.function(self._global_eval_step)
         self.free_delta = None
@@ -319,9 +324,11 @@ class Task:
             replicas_per_pipeline = context.num_replicas_in_sync // context.num_input_pipelines
             replays = self.config.attack.replays if self._free else 1
             if replays > 1:
-                # free: each batch ``replays`` times in a row, one global step each.
-                dataset = dataset.flat_map(
-                    lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(replays)
+                # free: each global batch ``replays`` times in a row, one global step each. A
+                # step takes one element per replica this pipeline feeds, in turn, so the
+                # group of those elements is what repeats (each replica replays its own part).
+                dataset = dataset.window(replicas_per_pipeline, drop_remainder=True).flat_map(
+                    lambda x, y: tf.data.Dataset.zip((x, y)).repeat(replays)
                 )
             return dataset.skip(skip * replicas_per_pipeline)
 
@@ -337,7 +344,7 @@ class Task:
         return self._compiled_step(iterator)
 
     def _global_step(self, iterator):
-        faults = self.strategy.run(self._replica_step, args=next(iterator))
+        faults = self.strategy.run(self._replica_update, args=next(iterator))
         self.canary_steps.assign_add(1)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, faults, axis=None)
 
