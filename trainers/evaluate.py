@@ -14,6 +14,9 @@ and ``adaptive`` (AutoAttack's version for randomized defenses: APGD-CE then APG
 iterations each, EOT over 20 draws per step on stochastic models, an example robust only if it
 survives both, and the Square black-box check); quote the adaptive protocol's robust_accuracy.
 
+--strategy=mirrored|multi_worker splits every batch across devices and workers, as training
+does; a deterministic model and attack give the report of one device.
+
 Each run is read from its latest checkpoint, or from its SavedModel's ``sample_logits`` when it
 has no checkpoint, and evaluated on its own test set (its ``max_test_examples`` honoured). The
 report JSON goes to --output (default ``<model_dir>/evaluation/<mode>_<attack>.json``; for
@@ -73,6 +76,14 @@ flags.DEFINE_float(
     "reference's 0.007 for CIFAR-10); 0: the step rule of --pgd_step_size (2.5 * eps / steps).",
 )
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (sweep and compare).")
+flags.DEFINE_enum(
+    "strategy",
+    "default",
+    list(config.STRATEGIES),
+    "Where the attacks run, as in training: mirrored splits each batch across this machine's "
+    "devices, multi_worker across every worker's (each runs the command with its TF_CONFIG; "
+    "the chief writes the outputs).",
+)
 # The settings of the evaluation itself: one flag per EvalConfig field (tfp_advbnn.config).
 RENAMED = {"attack_steps": "pgd_steps"}
 training_flags.define_flags(config.EvalConfig, renames=RENAMED)
@@ -137,6 +148,7 @@ def main(argv):
             model_dirs,
             with_checks=FLAGS.checks,
             fixed_step_size=fixed_step_size,
+            strategy=FLAGS.strategy,
             **paths,
             **lists,
         )
@@ -155,7 +167,8 @@ def main(argv):
     summary = reports.summary(evaluated.report)
     if summary is not None:
         print(summary)
-    print("Wrote " + ", ".join(evaluated.written))
+    if evaluated.written:  # empty on a multi_worker worker other than the chief
+        print("Wrote " + ", ".join(evaluated.written))
     return 0
 
 

@@ -4,6 +4,12 @@ Every evaluation mode reduces to ``attack_outcomes`` (craft on one model, score 
 eps and example) and ``clean_correct``. Work is batched and runs in graph mode: per batch, one
 ``tf.function`` crafts the adversarial images and another scores them with the ensemble; eps and
 the step size are tensors, so one trace serves every batch and every eps.
+
+Under a ``tf.distribute`` strategy of several replicas (an Evaluator built inside its
+``scope()``: ``trainers.evaluate --strategy``), each batch is split into contiguous parts, one per
+replica across every worker, crafted and scored there, and gathered back in order, so the
+outcomes of a deterministic model and attack are those of one device. Random starts take a seed
+folded with the replica id (the same distribution, not the same draws as one device).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class Evaluator:
     the ensemble size asked for (every draw would be the same), and APGD's ensemble pick of its
     returned point is skipped for it.
 
+    The strategy is the one in scope when the Evaluator is built (``tf.distribute.get_strategy``):
+    with several replicas, ``craft`` and ``score`` split each batch across them.
+
     Args:
       model_fn: images -> logits, one draw per call.
       images: float32 [N, H, W, 3], the evaluated examples (the first few decide ``stochastic``).
@@ -44,6 +53,7 @@ class Evaluator:
 
     def __init__(self, model_fn: Callable, images: np.ndarray, stochastic: bool | None = None):
         self.model_fn = model_fn
+        self.strategy = tf.distribute.get_strategy()
         if stochastic is None:
             stochastic = draws_differ(model_fn, images[: min(len(images), 8)])
         self.stochastic = bool(stochastic)
@@ -74,8 +84,45 @@ class Evaluator:
 
             signature = [self._images, self._labels, self._scalar, self._scalar]
             signature.append(tf.TensorSpec([2], tf.int64))
-            self._functions[key] = tf.function(craft, input_signature=signature)
+            self._functions[key] = self._compile(craft, signature, batched=2, seeded=True)
         return self._functions[key]
+
+    def _compile(self, fn, signature, *, batched: int, seeded: bool = False):
+        """``fn`` as one tf.function; under several replicas, its first ``batched`` arguments
+        split into one contiguous part per replica and its outputs gathered back in order. With
+        ``seeded``, the last argument (an int64 [2] seed) is folded with the replica id."""
+        strategy = self.strategy
+        if strategy.num_replicas_in_sync == 1:
+            return tf.function(fn, input_signature=signature)
+
+        def distributed(*args):
+            # Filled while tracing: the outputs' structure and dtypes, the same on every replica.
+            traced = {}
+
+            def replica_fn(*args):
+                context = tf.distribute.get_replica_context()
+                replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+                replicas = context.num_replicas_in_sync
+                size = tf.shape(args[0])[0]
+                start, stop = (replica * size) // replicas, ((replica + 1) * size) // replicas
+                args = [a[start:stop] for a in args[:batched]] + list(args[batched:])
+                if seeded:
+                    args[-1] += tf.stack([tf.constant(0, tf.int64), tf.cast(replica, tf.int64)])
+                outputs = fn(*args)
+                flat = tf.nest.flatten(outputs)
+                traced.update(structure=outputs, dtypes=[t.dtype for t in flat])
+                # Booleans cannot travel through every collective: int32 there and back.
+                return [tf.cast(t, tf.int32) if t.dtype == tf.bool else t for t in flat]
+
+            per_replica = strategy.run(replica_fn, args=args)
+            gathered = [strategy.gather(v, axis=0) for v in per_replica]
+            restored = [
+                tf.cast(t, tf.bool) if dtype == tf.bool else t
+                for t, dtype in zip(gathered, traced["dtypes"], strict=True)
+            ]
+            return tf.nest.pack_sequence_as(traced["structure"], restored)
+
+        return tf.function(distributed, input_signature=signature)
 
     def score(self, num_samples: int, norm: str, thresholded: bool):
         """tf.function (images, x_adv, labels, eps) -> (adv_ok, clean_ok, distortion).
@@ -105,7 +152,7 @@ class Evaluator:
                 return adv_ok, clean_ok, distortion
 
             signature = [self._images, self._images, self._labels, self._scalar]
-            self._functions[key] = tf.function(score, input_signature=signature)
+            self._functions[key] = self._compile(score, signature, batched=3)
         return self._functions[key]
 
     def input_gradient(self):

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfp_advbnn import export, models, run_dir, training, validation
-from tfp_advbnn.config import EvalConfig
+from tfp_advbnn.config import STRATEGIES, EvalConfig
 from tfp_advbnn.evaluation.detection import detect
 from tfp_advbnn.evaluation.plots import plot_report
 from tfp_advbnn.evaluation.protocols import (
@@ -124,6 +124,10 @@ class Request:
       fixed_step_size: the step of every step count of steps_sweep (the reference's 0.007, so
         more steps make a longer path); None: the eval config's step rule.
       with_checks: run the gradient-masking checks (sweep and compare).
+      strategy: where the attacks run, as in training (``STRATEGIES``): ``mirrored`` splits
+        each batch across this machine's devices, ``multi_worker`` across every worker's (each
+        runs the same command with its ``TF_CONFIG``; the chief writes the outputs). A
+        deterministic model and attack give the report of one device.
     """
 
     mode: str
@@ -136,9 +140,11 @@ class Request:
     sweep_steps: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)
     fixed_step_size: float | None = REFERENCE_STEP_SIZE
     with_checks: bool = True
+    strategy: str = "default"
 
     def __post_init__(self):
         validation.choice("mode", self.mode, MODES)
+        validation.choice("strategy", self.strategy, STRATEGIES)
         dirs = list(self.model_dirs)
         if self.mode in SINGLE_RUN_MODES and len(dirs) != 1:
             raise ValueError(f"model_dirs: mode={self.mode} takes one run, got {dirs}")
@@ -331,14 +337,21 @@ def run(request: Request, config: EvalConfig) -> Evaluation:
             "pgd_step_size: mode=steps_sweep takes its step from fixed_step_size "
             f"({request.fixed_step_size}); give fixed_step_size=0 to use pgd_step_size"
         )
-    loaded = [load_model(d) for d in request.model_dirs]
-    _check_same_data(loaded, request.model_dirs)
-    tf_keras.utils.set_random_seed(config.seed)
-    images, labels = load_test_data(loaded[0].config, data_dir=request.data_dir)
-    report = _evaluate(request, config, loaded, images, labels)
+    strategy = training.build_strategy(request.strategy)
+    # Built and evaluated in the strategy's scope: the models' variables live on every
+    # replica, and the Evaluators split their batches across them.
+    with strategy.scope():
+        loaded = [load_model(d) for d in request.model_dirs]
+        _check_same_data(loaded, request.model_dirs)
+        tf_keras.utils.set_random_seed(config.seed)
+        images, labels = load_test_data(loaded[0].config, data_dir=request.data_dir)
+        report = _evaluate(request, config, loaded, images, labels)
 
     output = request.output or default_output(request.mode, config.label, request.model_dirs)
     plot = request.plot or os.path.splitext(output)[0] + ".png"
+    if not strategy.extended.should_checkpoint:
+        # A multi_worker worker other than the chief: the chief writes the same report.
+        return Evaluation(report, ())
     write_json(report, output)
     plot_report(report, plot)
     written = [output, plot]
