@@ -99,7 +99,8 @@ def finished_run(tmp_path_factory, small_data):
 WORKER_STEPS_PER_EPOCH = 64 // 16
 
 
-def _free_ports(count):
+def free_ports(count):
+    """``count`` loopback ports free a moment ago (for a cluster spec on 127.0.0.1)."""
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -114,7 +115,7 @@ def start_workers(model_dir, data_dir, epochs):
 
     Returns (process, log path) pairs; the logs go to files beside ``model_dir``.
     """
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     flags = [
         "--strategy=multi_worker",
         f"--model_dir={model_dir}",

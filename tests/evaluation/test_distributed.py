@@ -1,11 +1,17 @@
-"""Evaluation under ``--strategy=mirrored`` (evaluation/engine.py, runner.py): each batch split
-across two logical CPUs gives the report of one device, on an uneven split too."""
+"""Evaluation under ``--strategy=mirrored`` and ``multi_worker`` (evaluation/engine.py,
+runner.py): each batch split across two logical CPUs, or two worker processes, gives the report
+of one device, on uneven splits too."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
+from conftest import REPO_ROOT
 from eval_support import eval_config
+from run_support import free_ports
 
 from tfp_advbnn import training
 from tfp_advbnn.evaluation import engine, protocols, runner
@@ -73,3 +79,51 @@ def test_runner_on_mirrored_writes_the_report_of_one_device(tmp_path, trained_di
     for key in keys:
         np.testing.assert_allclose(reports["mirrored"][key], reports["default"][key], atol=1e-6)
     assert reports["default"]["num_examples"] == 21
+
+
+def test_two_workers_write_the_report_of_one_device(tmp_path, trained_dir):
+    """Two ``trainers.evaluate --strategy=multi_worker`` processes on loopback: the chief
+    writes the report of a default-strategy run, the other worker writes nothing."""
+    common = [
+        "--mode=sweep",
+        f"--model_dir={trained_dir}",
+        "--eps_grid=0,0.01,0.03",
+        "--pgd_steps=3",
+        "--max_examples=13",
+        "--batch_size=5",
+        "--nochecks",
+    ]
+    single = tmp_path / "single.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.evaluate", *common, f"--output={single}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
+        output = tmp_path / f"worker{index}.json"
+        command = [sys.executable, "-m", "trainers.evaluate", *common, f"--output={output}"]
+        workers.append(
+            subprocess.Popen(
+                [*command, "--strategy=multi_worker"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert not (tmp_path / "worker1.json").exists()
+    chief, one_device = (json.loads(p.read_text()) for p in (tmp_path / "worker0.json", single))
+    for key in ("num_examples", "clean_accuracy", "accuracy", "robust_accuracy"):
+        np.testing.assert_allclose(chief[key], one_device[key], atol=1e-6, err_msg=key)
