@@ -29,7 +29,8 @@ and vs attack steps (Fig. 4).
 
 Modules: ``config`` (EvalConfig), ``protocols`` (attack names, eps grids, the attack lookup),
 ``engine`` (traced functions and per-example outcomes), ``checks`` (gradient-masking checks),
-``sweeps`` (one model; Fig. 4 ablations), ``transfer`` (compare and transfer), ``reports``
+``sweeps`` (one model; Fig. 4 ablations), ``transfer`` (compare and transfer), ``blackbox``
+(Square through ART), ``detection`` (uncertainty as a detector of attacks), ``reports``
 (report settings, Markdown, JSON, console text), ``plots`` (figures) and ``runner`` (runs
 loaded from their model_dirs, as ``trainers.evaluate`` evaluates them). Here ``checks`` and
 ``transfer`` are the functions; their modules are reached as ``from

@@ -1,6 +1,7 @@
 """Adv-BNN training: the objective and train step (``task``), the loop (``trainer``), its
 checkpoints (``checkpointing``), clean stops (``preemption``), the optimizer and strategy
-(``optim``) and the default recipe (``recipe``).
+(``optim``), the default recipe (``recipe``), the catastrophic-overfitting guard (``guard``),
+the periodic progress lines (``progress``) and the TensorBoard summaries (``summaries``).
 
 Examples:
     >>> from tfp_advbnn import training
