@@ -1,13 +1,14 @@
 """The attack evaluator: one call per score of a deterministic model; restarts only add fools."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from eval_support import eval_config, tiny_fn
 
-from tfp_advbnn.evaluation.sweeps import run_sweep
+from tfp_advbnn.evaluation.sweeps import run_sweep, sweep
 
 pytest_plugins = ["eval_support"]
 
@@ -45,3 +46,22 @@ def test_random_restarts_never_increase_accuracy(trained, fit_set):
     assert not np.any(restarted.correct & ~once.correct)
     assert all(r <= o for r, o in zip(restarted.accuracy, once.accuracy, strict=True))
     assert np.all(restarted.distortion <= np.array(restarted.eps)[:, None] + 1e-6)
+
+
+def test_a_sweep_with_its_checks_logs_no_retracing_warning(fit_set):
+    """The checks craft with several attacks (FGSM, more steps, EOT, ...), each its own graph
+    traced once: TF's frequent-retracing detector must not take them for retraces of one."""
+    images, labels = fit_set[0][:6], fit_set[1][:6]
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    tf.get_logger().addHandler(handler)
+    try:
+        sweep(tiny_fn("adv_bnn"), images, labels, eval_config(attack_steps=2, batch_size=3))
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m], messages

@@ -15,6 +15,7 @@ folded with the replica id (the same distribution, not the same draws as one dev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Sequence
 
@@ -93,7 +94,7 @@ class Evaluator:
         ``seeded``, the last argument (an int64 [2] seed) is folded with the replica id."""
         strategy = self.strategy
         if strategy.num_replicas_in_sync == 1:
-            return tf.function(fn, input_signature=signature)
+            return _traced(fn, signature)
 
         def distributed(*args):
             # Filled while tracing: the outputs' structure and dtypes, the same on every replica.
@@ -122,7 +123,7 @@ class Evaluator:
             ]
             return tf.nest.pack_sequence_as(traced["structure"], restored)
 
-        return tf.function(distributed, input_signature=signature)
+        return _traced(distributed, signature)
 
     def score(self, num_samples: int, norm: str, thresholded: bool):
         """tf.function (images, x_adv, labels, eps) -> (adv_ok, clean_ok, distortion).
@@ -173,8 +174,19 @@ class Evaluator:
                 )
 
             signature = [self._images, self._labels]
-            self._functions[key] = tf.function(gradient, input_signature=signature)
+            self._functions[key] = _traced(gradient, signature)
         return self._functions[key]
+
+
+def _traced(fn, signature):
+    """``tf.function(fn)`` with its own entry in TF's frequent-retracing detector.
+
+    The detector keys a tf.function by its Python code object, so the functions built from one
+    closure for different attacks (each traced once, as it must be: a different graph) would
+    add up to a false "excessive retracing" warning. A ``functools.partial`` has no code object
+    of its own, so each function is tracked apart and a real retrace of one is still reported.
+    """
+    return tf.function(functools.partial(fn), input_signature=signature)
 
 
 def per_example_norm(delta: tf.Tensor, norm: str) -> tf.Tensor:
