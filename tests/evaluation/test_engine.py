@@ -18,12 +18,15 @@ def test_deterministic_models_are_scored_with_one_call(fit_set, defense, calls_p
     # Every draw of a deterministic model is the same, so its ensemble of 5 is one call; a
     # stochastic model's is 5. Calls: 2 (the stochasticity probe), then per batch the clean
     # score and, per eps, attack_steps attack calls (one per step; none at eps 0, where nothing
-    # can be perturbed) and the score (clean and adversarial halves in one call).
+    # can be perturbed) and the score (clean and adversarial halves in one call). The clean
+    # score passes the 32 images once; the others pass 2 x 32 (the probe and the scores).
     model_fn = tiny_fn(defense)
     calls = tf.Variable(0)
+    rows = tf.Variable(0)
 
     def counting_fn(x):
         calls.assign_add(1)
+        rows.assign_add(tf.shape(x)[0])
         return model_fn(x)
 
     images, labels = fit_set
@@ -32,6 +35,10 @@ def test_deterministic_models_are_scored_with_one_call(fit_set, defense, calls_p
     attack_calls = 3
     assert int(calls.numpy()) == 2 + calls_per_score + calls_per_score + (
         attack_calls + calls_per_score
+    )
+    probe, clean, at_zero, at_eps = 2 * 8, 32 * calls_per_score, 64 * calls_per_score, 64
+    assert int(rows.numpy()) == probe + clean + at_zero + 32 * attack_calls + at_eps * (
+        calls_per_score
     )
 
 

@@ -156,6 +156,23 @@ class Evaluator:
             self._functions[key] = self._compile(score, signature, batched=3)
         return self._functions[key]
 
+    def classify(self, num_samples: int):
+        """tf.function (images, labels) -> bool [B]: the ensemble classifies image b correctly
+        (one pass over the images, unlike ``score``, which also passes adversarial ones)."""
+        if not self.stochastic:
+            num_samples = 1
+        key = ("classify", num_samples)
+        if key not in self._functions:
+            model_fn = self.model_fn
+
+            def classify(images, labels):
+                probabilities = models.ensemble_probabilities(model_fn, images, num_samples)
+                return tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels)
+
+            signature = [self._images, self._labels]
+            self._functions[key] = self._compile(classify, signature, batched=2)
+        return self._functions[key]
+
     def input_gradient(self):
         """tf.function (images, labels) -> d cross-entropy / d images of one model_fn call."""
         key = ("gradient",)
@@ -304,12 +321,11 @@ def clean_correct(
     evaluator: Evaluator, images, labels, *, num_samples: int, batch_size: int
 ) -> np.ndarray:
     """bool [N]: the ensemble of ``num_samples`` draws classifies clean example n correctly."""
-    score = evaluator.score(num_samples, "linf", False)
+    classify = evaluator.classify(num_samples)
     correct = np.zeros(len(images), bool)
     for part in batches(len(images), batch_size):
         x = tf.constant(images[part], tf.float32)
-        _, ok, _ = score(x, x, tf.constant(labels[part], tf.int32), tf.constant(0.0))
-        correct[part] = ok.numpy()
+        correct[part] = classify(x, tf.constant(labels[part], tf.int32)).numpy()
     return correct
 
 
