@@ -4,6 +4,7 @@ import pytest
 from eval_support import assert_png
 
 from tfp_advbnn.evaluation.plots import plot_report
+from tfp_advbnn.evaluation.reports import wilson_interval
 
 SWEEP = {
     "mode": "sweep",
@@ -24,6 +25,21 @@ SWEEP = {
 def test_sweep_figure_is_a_png(tmp_path):
     path = tmp_path / "figures" / "sweep.png"
     assert plot_report(SWEEP, str(path)) == str(path)
+    assert_png(path)
+
+
+def test_a_sweep_at_zero_and_full_accuracy_is_drawn(tmp_path):
+    # Reports of an attack that wins everywhere, with intervals as wilson_interval gives them
+    # and one written before it held its point exactly (an edge 1e-17 past 0).
+    report = {
+        **SWEEP,
+        "accuracy": [1.0, 0.0],
+        "accuracy_interval": [wilson_interval(24, 24), [1e-17, 0.14]],
+        "robust_accuracy": [1.0, 0.0],
+        "robust_accuracy_interval": [wilson_interval(24, 24), wilson_interval(0, 24)],
+    }
+    path = tmp_path / "sweep.png"
+    plot_report(report, str(path))
     assert_png(path)
 
 

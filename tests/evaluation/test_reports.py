@@ -51,6 +51,16 @@ def test_wilson_interval_matches_scipy(successes, trials):
     assert high == pytest.approx(expected.high, abs=1e-12)
 
 
+@pytest.mark.parametrize("trials", [1, 10, 24, 100, 500, 1017])
+def test_wilson_interval_holds_its_point_estimate_exactly(trials):
+    # Float rounding once put the bound at 0 successes at +1e-17, outside the 0 it bounds,
+    # which made matplotlib refuse the error bar of a report at 0 % robust accuracy.
+    for successes in range(trials + 1):
+        low, high = wilson_interval(successes, trials)
+        assert 0.0 <= low <= successes / trials <= high <= 1.0
+    assert wilson_interval(0, trials)[0] == 0.0 and wilson_interval(trials, trials)[1] == 1.0
+
+
 def test_rates_reduce_the_example_axis_of_any_shape():
     correct = np.array([[[1, 1, 0, 0], [1, 1, 1, 1]], [[0, 0, 0, 0], [1, 0, 0, 0]]], bool)
     accuracy, intervals = rates(correct)

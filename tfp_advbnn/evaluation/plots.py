@@ -43,7 +43,9 @@ def _curves_figure(curves, *, title: str, xlabel: str, log_x: bool = False):
         errors = None
         if intervals is not None:
             bounds = np.array(intervals, float) * 100.0
-            errors = np.stack([ys - bounds[:, 0], bounds[:, 1] - ys])
+            # Clipped at 0: reports written before wilson_interval held its point exactly can
+            # have an edge 1e-17 past it, and matplotlib refuses a negative error bar.
+            errors = np.maximum(np.stack([ys - bounds[:, 0], bounds[:, 1] - ys]), 0.0)
         axes.errorbar(xs, ys, yerr=errors, marker="o", markersize=4, capsize=3, label=label)
     if log_x:
         # Log spacing for counts up to 1000, labelled with the counts actually evaluated.

@@ -37,7 +37,8 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> list[float]
     denominator = 1.0 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # The bounds hold p exactly: at 0 or n successes rounding puts them 1e-17 on the wrong side.
+    return [max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))]
 
 
 def rates(correct) -> tuple[list | float, list]:
