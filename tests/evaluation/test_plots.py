@@ -43,6 +43,13 @@ def test_a_sweep_at_zero_and_full_accuracy_is_drawn(tmp_path):
     assert_png(path)
 
 
+def test_an_interval_that_misses_its_point_is_not_drawn(tmp_path):
+    # Only rounding is forgiven: an interval 10 points away from its accuracy is a bug.
+    report = {**SWEEP, "accuracy_interval": [[0.85, 0.95], [0.5, 0.6]]}
+    with pytest.raises(ValueError, match="yerr"):
+        plot_report(report, str(tmp_path / "x.png"))
+
+
 def test_unknown_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="histogram"):
         plot_report({**SWEEP, "mode": "histogram"}, str(tmp_path / "x.png"))

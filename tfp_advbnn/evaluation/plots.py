@@ -14,6 +14,9 @@ from tfp_advbnn.evaluation.detection import plot_detection
 from tfp_advbnn.evaluation.protocols import MODES
 from tfp_advbnn.evaluation.reports import attack_caption
 
+# Error bars (in %) this far below 0 are float rounding of an interval edge, not an error.
+ROUNDING_PERCENT = 1e-9
+
 
 def _save_png(figure, path: str) -> str:
     """Saves a matplotlib figure as a PNG at ``path`` atomically; returns ``path``."""
@@ -43,9 +46,11 @@ def _curves_figure(curves, *, title: str, xlabel: str, log_x: bool = False):
         errors = None
         if intervals is not None:
             bounds = np.array(intervals, float) * 100.0
-            # Clipped at 0: reports written before wilson_interval held its point exactly can
-            # have an edge 1e-17 past it, and matplotlib refuses a negative error bar.
-            errors = np.maximum(np.stack([ys - bounds[:, 0], bounds[:, 1] - ys]), 0.0)
+            errors = np.stack([ys - bounds[:, 0], bounds[:, 1] - ys])
+            # Reports written before wilson_interval held its point exactly can have an edge
+            # 1e-15 % past it; only such rounding is set to 0, so a real interval error still
+            # stops matplotlib (which refuses negative bars).
+            errors[(errors < 0) & (errors > -ROUNDING_PERCENT)] = 0.0
         axes.errorbar(xs, ys, yerr=errors, marker="o", markersize=4, capsize=3, label=label)
     if log_x:
         # Log spacing for counts up to 1000, labelled with the counts actually evaluated.
