@@ -1,29 +1,42 @@
-r"""The reproduction study: five defenses on the CIFAR-10 subset, the paper's evaluations.
+r"""The reproduction study, second edition: nine models on the CIFAR-10 subset, two protocols.
 
-  python benchmarks/reproduce.py                      # everything, about 1.5 h on 2 CPU cores
-  python benchmarks/reproduce.py --stages=evaluate    # one stage (each needs the ones before)
+  python benchmarks/reproduce.py                          # everything, about 2.5 h on 2 CPU cores
+  python benchmarks/reproduce.py --stages=train           # one stage (each needs the ones before)
+  python benchmarks/reproduce.py --models=plain,adv       # some models through the stages
 
-Stages, in order (each step is skipped when its output exists, so a rerun resumes; an
-interrupted training resumes from its checkpoint):
+The models (``MODELS``), all VGG16 at --width_multiplier, --epochs, batch --batch_size, on the
+5,085 training images, with the training recipe's defaults (the optimizer, learning rate,
+weight decay and initial posterior std of each defense); the Bayesian ones at alpha =
+5,085 / 50,000, the KL weight alpha / N_train of the paper's alpha = 1 on the full training set:
 
-1. ``alpha``: a 3-trial random search of alpha (KL weight) for adv_bnn with ``trainers.tune``,
-   on a validation split held out of the training images (the test images are never read).
-2. ``train``: ``trainers.main`` for plain, bnn, adv, rse and adv_bnn with the same
-   architecture, data, budget and seed; bnn and adv_bnn use the alpha found in stage 1.
-3. ``evaluate``: ``trainers.evaluate`` per model: PGD-20 over the grid with single-draw
-   gradients (the paper's protocol, with the gradient-masking checks), the same with 10-draw
-   gradient averaging (the strong protocol; stochastic models only, since for a deterministic
-   model every draw is the same), and APGD at the middle eps with 1-draw and (stochastic models)
-   10-draw gradients.
-4. ``transfer``: the 5 x 5 transfer matrix at the middle eps (Fig. 3).
-5. ``ablations``: adv_bnn's accuracy against the ensemble size and the number of PGD steps
-   (Fig. 4).
-6. ``summary``: ``summary.json``, ``table.md`` and the accuracy-vs-eps figures of both protocols
-   (Fig. 2) in --results_dir.
+- the five defenses at seed 0 (``plain``, ``bnn``, ``adv``, ``rse``, ``adv_bnn``);
+- ``adv`` and ``adv_bnn`` at seed 1, for the seed-to-seed spread;
+- ``adv_bnn`` with the reference's objective (``--kl_scope=classifier``: the classifier's KL
+  alone), the KL ablation;
+- ``adv_bnn`` trained with the single-step attack (``--train_attack=fgsm_rs``, Wong et al.),
+  the fast-training row.
 
-Every subprocess command is printed before it runs, so any row can be rerun by hand. Model
-directories go to --work_dir (not committed: checkpoints and SavedModels); the reports and
-figures go to --results_dir.
+Stages, in order. Each step is skipped when its output exists, so a rerun after a kill resumes
+(an interrupted training resumes from its checkpoint):
+
+1. ``train``: ``trainers.main`` per model.
+2. ``table1``: the paper's protocol (PGD-20, one weight draw per step, 10-draw ensemble) over
+   --eps_grid on every test image, ``accuracy`` and ``robust_accuracy`` with 95 % intervals;
+   the gradient-masking checks on --check_examples images for the seed-0 defenses.
+3. ``adaptive``: the adaptive protocol (APGD-CE then APGD-DLR, 100 iterations, EOT 20 on a
+   stochastic model, worst case per example) at --adaptive_eps on --adaptive_examples images,
+   for every model trained adversarially or with noise, run as AutoAttack runs it
+   (``--cascade``: a later attack or a larger radius attacks only the examples still robust);
+   the Square check (black-box) at each radius on --square_examples images for the seed-0
+   ``adv``, ``rse`` and ``adv_bnn``.
+4. ``detect``: the uncertainty detection AUCs of clean vs PGD-20 images for ``bnn``, ``rse``
+   and ``adv_bnn`` at --adaptive_eps.
+5. ``summary``: ``summary.json``, ``tables.md`` and the figures in --results_dir, from the
+   reports alone.
+
+Every subprocess command is printed before it runs and logged with its wall time in
+``commands.log``, so any row can be rerun by hand. Model directories go to --work_dir (not
+committed: checkpoints and SavedModels); reports and figures go to --results_dir.
 """
 
 import os
@@ -42,9 +55,37 @@ from absl import app, flags  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-DEFENSES = ("plain", "bnn", "adv", "rse", "adv_bnn")
+# name -> (defense, seed, extra trainers.main flags, what the row is for).
+MODELS = {
+    "plain": ("plain", 0, [], "No defense"),
+    "bnn": ("bnn", 0, [], "BNN"),
+    "adv": ("adv", 0, [], "Adv. training"),
+    "rse": ("rse", 0, [], "RSE"),
+    "adv_bnn": ("adv_bnn", 0, [], "Adv-BNN"),
+    "adv_seed1": ("adv", 1, [], "Adv. training, seed 1"),
+    "adv_bnn_seed1": ("adv_bnn", 1, [], "Adv-BNN, seed 1"),
+    "adv_bnn_classifier_kl": (
+        "adv_bnn",
+        0,
+        ["--kl_scope=classifier"],
+        "Adv-BNN, classifier-only KL (the reference's objective)",
+    ),
+    "adv_bnn_fgsm_rs": (
+        "adv_bnn",
+        0,
+        ["--train_attack=fgsm_rs"],
+        "Adv-BNN, single-step training (FGSM-RS)",
+    ),
+}
+BAYESIAN = ("bnn", "adv_bnn")
 STOCHASTIC = ("bnn", "rse", "adv_bnn")
-STAGES = ("alpha", "train", "evaluate", "transfer", "ablations", "summary")
+# Defenses whose robustness the adaptive protocol measures (the undefended models have none).
+ROBUST = ("adv", "rse", "adv_bnn")
+SQUARE_MODELS = ("adv", "rse", "adv_bnn")
+CHECKED_MODELS = ("plain", "bnn", "adv", "rse", "adv_bnn")
+DETECT_MODELS = ("bnn", "rse", "adv_bnn")
+STAGES = ("train", "table1", "adaptive", "detect", "summary")
+EIGHT_OVER_255 = 8 / 255
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -55,23 +96,20 @@ flags.DEFINE_string(
 flags.DEFINE_string("work_dir", "/tmp/tfp_advbnn_reproduce", "Model directories go here.")
 flags.DEFINE_string("results_dir", os.path.join(REPO, "docs", "results"), "Reports go here.")
 flags.DEFINE_list("stages", list(STAGES), "Stages to run, in order.")
+flags.DEFINE_list("models", list(MODELS), "Models to take through the stages, in this order.")
 flags.DEFINE_string("model", "vgg16", "Architecture.")
 flags.DEFINE_float("width_multiplier", 0.25, "Conv width multiplier.")
-flags.DEFINE_integer("epochs", 8, "Training epochs per defense (the staged schedule scales).")
+flags.DEFINE_integer("epochs", 15, "Training epochs per model (the staged schedule scales).")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
-flags.DEFINE_float("init_s", 0.01, "Initial posterior std of bnn and adv_bnn.")
-flags.DEFINE_list("alpha_range", ["0.002", "0.2"], "Log-uniform range of the alpha search.")
-flags.DEFINE_integer("alpha_trials", 3, "Trials of the alpha search.")
-flags.DEFINE_integer("alpha_epochs", 2, "Epochs per alpha trial.")
-flags.DEFINE_list("eps_grid", ["0", "0.015", "0.035", "0.055", "0.07"], "Evaluation radii.")
-flags.DEFINE_float("middle_eps", 0.035, "Radius of APGD, transfer and the ablations.")
-flags.DEFINE_integer("eval_examples", 500, "Test images of the PGD sweeps and APGD.")
-flags.DEFINE_integer("eot_examples", 200, "Test images of the 10-draw-gradient sweeps.")
+flags.DEFINE_float("alpha", 5085 / 50000, "KL weight: the paper's alpha = 1 rescaled to N.")
+flags.DEFINE_list("eps_grid", ["0", "0.015", "0.035", "0.055", "0.07"], "Table 1's radii.")
+flags.DEFINE_list(
+    "adaptive_eps", ["0", "0.035", repr(EIGHT_OVER_255)], "Radii of the adaptive protocol."
+)
+flags.DEFINE_integer("adaptive_examples", 500, "Test images of the adaptive protocol.")
+flags.DEFINE_integer("square_examples", 50, "Test images of each Square check.")
 flags.DEFINE_integer("check_examples", 200, "Test images of the gradient-masking checks.")
-flags.DEFINE_integer("transfer_examples", 300, "Test images of the transfer matrix.")
-flags.DEFINE_integer("ablation_examples", 200, "Test images of the ensemble-size sweep.")
-flags.DEFINE_integer("steps_examples", 100, "Test images of the PGD-steps sweep.")
-flags.DEFINE_integer("seed", 0, "Seed of training and evaluation.")
+flags.DEFINE_integer("detect_examples", 500, "Test images of the detection AUCs.")
 
 
 class Study:
@@ -85,6 +123,7 @@ class Study:
         os.makedirs(self.work_dir, exist_ok=True)
         self.log_path = os.path.join(self.results_dir, "commands.log")
         self.timings_path = os.path.join(self.results_dir, "timings.json")
+        self.models = list(FLAGS.models)
 
     def timings(self) -> dict:
         """Wall seconds of every finished step, keyed by its output path."""
@@ -93,8 +132,8 @@ class Study:
         with open(self.timings_path) as f:
             return json.load(f)
 
-    def model_dir(self, defense: str) -> str:
-        return os.path.join(self.work_dir, defense)
+    def model_dir(self, name: str) -> str:
+        return os.path.join(self.work_dir, name)
 
     def report(self, name: str) -> str:
         return os.path.join(self.reports_dir, name + ".json")
@@ -120,284 +159,131 @@ class Study:
             json.dump(timings, f, indent=2)
         print(f"[done] {seconds:.0f} s", flush=True)
 
-    def training_flags(self, defense: str) -> list[str]:
-        return [
-            "--dataset=cifar10",
-            f"--data_dir={FLAGS.data_dir}",
-            f"--model={FLAGS.model}",
-            f"--width_multiplier={FLAGS.width_multiplier}",
-            f"--defense={defense}",
-            f"--batch_size={FLAGS.batch_size}",
-            f"--seed={FLAGS.seed}",
-        ]
+    def selected(self, names) -> list[str]:
+        return [m for m in self.models if m in names]
 
     # ----- stages ---------------------------------------------------------------------------
 
-    def alpha_dir(self) -> str:
-        return os.path.join(self.work_dir, "alpha_search")
-
-    def alpha(self) -> None:
-        low, high = FLAGS.alpha_range
-        tuner_dir = self.alpha_dir()
-        self.run(
-            "trainers.tune",
-            [
-                *self.training_flags("adv_bnn"),
-                "--tuner=random",
-                f"--max_trials={FLAGS.alpha_trials}",
-                f"--epochs_per_trial={FLAGS.alpha_epochs}",
-                "--validation_examples=500",
-                "--objective=combined",
-                "--eval_pgd_steps=10",
-                f"--alpha_min={low}",
-                f"--alpha_max={high}",
-                "--fix_sigma_0=0.05",
-                f"--fix_init_s={FLAGS.init_s}",
-                "--fix_learning_rate=0.001",
-                f"--tuner_dir={tuner_dir}",
-            ],
-            done_when=os.path.join(tuner_dir, "best_hyperparameters.json"),
-        )
-        for name in ("best_hyperparameters.json", "summary.md"):
-            with open(os.path.join(tuner_dir, name)) as source:
-                text = source.read()
-            with open(os.path.join(self.results_dir, f"alpha_search_{name}"), "w") as target:
-                target.write(text)
-
-    def chosen_alpha(self) -> float:
-        with open(os.path.join(self.alpha_dir(), "best_hyperparameters.json")) as f:
-            best = json.load(f)
-        values = best.get("hyperparameters", best)
-        return float(values["alpha"])
-
     def train(self) -> None:
-        alpha = self.chosen_alpha()
-        for defense in DEFENSES:
-            bayesian = defense in ("bnn", "adv_bnn")
-            extra = [f"--alpha={alpha}", f"--init_s={FLAGS.init_s}"] if bayesian else []
+        for name in self.models:
+            defense, seed, extra, _ = MODELS[name]
+            alpha = [f"--alpha={FLAGS.alpha}"] if defense in BAYESIAN else []
             self.run(
                 "trainers.main",
                 [
-                    *self.training_flags(defense),
-                    *extra,
+                    "--dataset=cifar10",
+                    f"--data_dir={FLAGS.data_dir}",
+                    f"--model={FLAGS.model}",
+                    f"--width_multiplier={FLAGS.width_multiplier}",
+                    f"--defense={defense}",
                     f"--epochs={FLAGS.epochs}",
-                    f"--model_dir={self.model_dir(defense)}",
+                    f"--batch_size={FLAGS.batch_size}",
+                    f"--seed={seed}",
+                    *alpha,
+                    *extra,
+                    f"--model_dir={self.model_dir(name)}",
                 ],
-                done_when=os.path.join(self.model_dir(defense), "saved_model"),
+                done_when=os.path.join(self.model_dir(name), "saved_model"),
             )
 
-    def evaluate_flags(self, name: str, examples: int) -> list[str]:
-        return [
-            f"--max_examples={examples}",
-            f"--check_examples={FLAGS.check_examples}",
-            f"--seed={FLAGS.seed}",
-            f"--output={self.report(name)}",
-            f"--plot={os.path.join(self.results_dir, name + '.png')}",
-        ]
-
-    def evaluate(self) -> None:
-        grid = "--eps_grid=" + ",".join(FLAGS.eps_grid)
-        for defense in DEFENSES:
-            model_dir = f"--model_dir={self.model_dir(defense)}"
-            name = f"pgd20_eot1_{defense}"
-            self.run(
-                "trainers.evaluate",
-                [model_dir, grid, *self.evaluate_flags(name, FLAGS.eval_examples)],
-                done_when=self.report(name),
+    def table1(self) -> None:
+        for name in self.models:
+            report = f"table1_{name}"
+            checks = (
+                [f"--check_examples={FLAGS.check_examples}"]
+                if name in CHECKED_MODELS
+                else ["--nochecks"]
             )
-            if defense in STOCHASTIC:
-                name = f"pgd20_eot10_{defense}"
-                self.run(
-                    "trainers.evaluate",
-                    [
-                        model_dir,
-                        grid,
-                        "--num_eot_samples=10",
-                        "--nochecks",
-                        *self.evaluate_flags(name, FLAGS.eot_examples),
-                    ],
-                    done_when=self.report(name),
-                )
-            name = f"apgd_eot1_{defense}"
             self.run(
                 "trainers.evaluate",
                 [
-                    model_dir,
-                    "--attack=apgd",
-                    f"--eps_grid=0,{FLAGS.middle_eps}",
-                    *self.evaluate_flags(name, FLAGS.eval_examples),
+                    f"--model_dir={self.model_dir(name)}",
+                    "--protocol=paper",
+                    "--eps_grid=" + ",".join(FLAGS.eps_grid),
+                    *checks,
+                    "--seed=0",
+                    f"--output={self.report(report)}",
+                    f"--plot={os.path.join(self.results_dir, report + '.png')}",
                 ],
-                done_when=self.report(name),
+                done_when=self.report(report),
             )
-            if defense in STOCHASTIC:
-                name = f"apgd_eot10_{defense}"
-                self.run(
-                    "trainers.evaluate",
-                    [
-                        model_dir,
-                        "--attack=apgd",
-                        "--num_eot_samples=10",
-                        "--nochecks",
-                        f"--eps_grid=0,{FLAGS.middle_eps}",
-                        *self.evaluate_flags(name, FLAGS.eot_examples),
-                    ],
-                    done_when=self.report(name),
-                )
 
-    def transfer(self) -> None:
-        name = "transfer"
-        self.run(
-            "trainers.evaluate",
-            [
-                "--mode=transfer",
-                "--model_dirs=" + ",".join(self.model_dir(d) for d in DEFENSES),
-                f"--sweep_eps={FLAGS.middle_eps}",
-                *self.evaluate_flags(name, FLAGS.transfer_examples),
-            ],
-            done_when=self.report(name),
-        )
+    def adaptive(self) -> None:
+        radii = [e for e in FLAGS.adaptive_eps if float(e) > 0]
+        for name in self.models:
+            if MODELS[name][0] not in ROBUST:
+                continue
+            report = f"adaptive_{name}"
+            square = (
+                [f"--square_examples={FLAGS.square_examples}", "--square_eps=" + ",".join(radii)]
+                if name in SQUARE_MODELS
+                else ["--square_examples=0"]
+            )
+            self.run(
+                "trainers.evaluate",
+                [
+                    f"--model_dir={self.model_dir(name)}",
+                    "--protocol=adaptive",
+                    "--eps_grid=" + ",".join(FLAGS.adaptive_eps),
+                    f"--max_examples={FLAGS.adaptive_examples}",
+                    "--cascade",
+                    "--nochecks",
+                    *square,
+                    "--seed=0",
+                    f"--output={self.report(report)}",
+                    f"--plot={os.path.join(self.results_dir, report + '.png')}",
+                ],
+                done_when=self.report(report),
+            )
 
-    def ablations(self) -> None:
-        model_dir = f"--model_dir={self.model_dir('adv_bnn')}"
-        name = "ensemble_sweep_adv_bnn"
-        self.run(
-            "trainers.evaluate",
-            [
-                model_dir,
-                "--mode=ensemble_sweep",
-                "--sweep_eps=0.015,0.035,0.055",
-                "--sweep_sizes=1,2,5,10,20",
-                *self.evaluate_flags(name, FLAGS.ablation_examples),
-            ],
-            done_when=self.report(name),
-        )
-        name = "steps_sweep_adv_bnn"
-        self.run(
-            "trainers.evaluate",
-            [
-                model_dir,
-                "--mode=steps_sweep",
-                f"--sweep_eps={FLAGS.middle_eps}",
-                "--sweep_steps=1,2,5,10,20,50,100,200,1000",
-                *self.evaluate_flags(name, FLAGS.steps_examples),
-            ],
-            done_when=self.report(name),
-        )
+    def detect(self) -> None:
+        radii = [e for e in FLAGS.adaptive_eps if float(e) > 0]
+        for name in self.selected(DETECT_MODELS):
+            report = f"detect_{name}"
+            self.run(
+                "trainers.evaluate",
+                [
+                    f"--model_dir={self.model_dir(name)}",
+                    "--mode=detect",
+                    "--sweep_eps=" + ",".join(radii),
+                    f"--max_examples={FLAGS.detect_examples}",
+                    "--seed=0",
+                    f"--output={self.report(report)}",
+                    f"--plot={os.path.join(self.results_dir, report + '.png')}",
+                ],
+                done_when=self.report(report),
+            )
 
     def summary(self) -> None:
-        from tfp_advbnn import evaluation, training
+        sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+        import reproduce_summary
 
-        def load(name):
-            with open(self.report(name)) as f:
-                return json.load(f)
-
-        rows = []
-        for defense in DEFENSES:
-            eot1 = load(f"pgd20_eot1_{defense}")
-            eot10 = load(f"pgd20_eot10_{defense}") if defense in STOCHASTIC else eot1
-            apgd = load(f"apgd_eot1_{defense}")
-            apgd10 = load(f"apgd_eot10_{defense}") if defense in STOCHASTIC else apgd
-            with open(os.path.join(self.model_dir(defense), "metrics.jsonl")) as f:
-                metrics = [json.loads(line) for line in f if line.strip()][-1]
-            saved_model = os.path.join(self.model_dir(defense), "saved_model")
-            rows.append(
-                {
-                    "defense": defense,
-                    "label": eot1["label"],
-                    "eps": eot1["eps"],
-                    "accuracy_eot1": eot1["accuracy"],
-                    "accuracy_eot10": eot10["accuracy"],
-                    "eot10_examples": eot10["num_examples"],
-                    "apgd_eps": apgd["eps"][-1],
-                    "apgd_eot1_accuracy": apgd["accuracy"][-1],
-                    "apgd_eot10_accuracy": apgd10["accuracy"][-1],
-                    "pgd_eot1_at_apgd_eps": eot1["accuracy"][eot1["eps"].index(apgd["eps"][-1])],
-                    "pgd_eot10_at_apgd_eps": eot10["accuracy"][eot10["eps"].index(apgd["eps"][-1])],
-                    "checks_passed": {c["name"]: c["passed"] for c in eot1["checks"]},
-                    "apgd_checks_passed": {c["name"]: c["passed"] for c in apgd["checks"]},
-                    "train_seconds": self.timings().get(os.path.relpath(saved_model, REPO)),
-                    "final_train_metrics": metrics,
-                }
-            )
-        for protocol, key in (("eot1", "accuracy_eot1"), ("eot10", "accuracy_eot10")):
-            report = {
-                "mode": "compare",
-                "attack": "pgd_linf",
-                "norm": "linf",
-                "pgd_steps": 20,
-                "random_restarts": 0,
-                "num_eot_samples": 1 if protocol == "eot1" else 10,
-                "num_samples": 10,
-                "models": [
-                    {"label": r["label"], "eps": r["eps"], "accuracy": r[key]} for r in rows
-                ],
-            }
-            evaluation.plot_report(report, os.path.join(self.results_dir, f"fig2_{protocol}.png"))
-        summary = {
-            "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
-            "settings": {
-                name: FLAGS[name].value
-                for name in (
-                    "model",
-                    "width_multiplier",
-                    "epochs",
-                    "batch_size",
-                    "init_s",
-                    "eps_grid",
-                    "middle_eps",
-                    "eval_examples",
-                    "eot_examples",
-                    "check_examples",
-                    "transfer_examples",
-                    "ablation_examples",
-                    "steps_examples",
-                    "seed",
-                )
+        reproduce_summary.write(
+            reports_dir=self.reports_dir,
+            results_dir=self.results_dir,
+            work_dir=self.work_dir,
+            timings=self.timings(),
+            models={name: MODELS[name] for name in self.models},
+            settings={
+                "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:]),
+                **{
+                    name: FLAGS[name].value
+                    for name in (
+                        "model",
+                        "width_multiplier",
+                        "epochs",
+                        "batch_size",
+                        "alpha",
+                        "eps_grid",
+                        "adaptive_eps",
+                        "adaptive_examples",
+                        "square_examples",
+                        "check_examples",
+                        "detect_examples",
+                    )
+                },
             },
-            "alpha": self.chosen_alpha(),
-            "rows": rows,
-        }
-        training.write_text_atomically(
-            os.path.join(self.results_dir, "summary.json"), json.dumps(summary, indent=2) + "\n"
         )
-        training.write_text_atomically(
-            os.path.join(self.results_dir, "table.md"), _table_markdown(rows)
-        )
-        print(_table_markdown(rows))
-
-
-def _percent(values) -> str:
-    return " | ".join(f"{100 * v:.1f}" for v in values)
-
-
-def _table_markdown(rows: list[dict]) -> str:
-    eps = rows[0]["eps"]
-    header = "| defense | protocol | " + " | ".join(f"{e:g}" for e in eps) + " |"
-    lines = [header, "|---|---|" + "---:|" * len(eps)]
-    for row in rows:
-        lines.append(f"| {row['label']} | PGD-20, 1-draw grad | {_percent(row['accuracy_eot1'])} |")
-        if row["defense"] in STOCHASTIC:
-            lines.append(
-                f"| {row['label']} | PGD-20, 10-draw grad | {_percent(row['accuracy_eot10'])} |"
-            )
-    lines.append("")
-    lines.append(
-        f"| defense (eps {rows[0]['apgd_eps']:g}) | PGD-20, 1-draw | APGD-20, 1-draw | "
-        "PGD-20, 10-draw | APGD-20, 10-draw |"
-    )
-    lines.append("|---|---:|---:|---:|---:|")
-    for row in rows:
-        values = [
-            row[key]
-            for key in (
-                "pgd_eot1_at_apgd_eps",
-                "apgd_eot1_accuracy",
-                "pgd_eot10_at_apgd_eps",
-                "apgd_eot10_accuracy",
-            )
-        ]
-        lines.append(f"| {row['label']} | {_percent(values)} |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv):
@@ -405,6 +291,9 @@ def main(argv):
     unknown = [s for s in FLAGS.stages if s not in STAGES]
     if unknown:
         raise app.UsageError(f"--stages: unknown {unknown}; choose from {list(STAGES)}")
+    unknown = [m for m in FLAGS.models if m not in MODELS]
+    if unknown:
+        raise app.UsageError(f"--models: unknown {unknown}; choose from {list(MODELS)}")
     study = Study()
     started = time.time()
     for stage in STAGES:

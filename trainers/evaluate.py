@@ -91,7 +91,7 @@ training_flags.define_flags(config.EvalConfig, renames=RENAMED)
 # Library errors start with the field they name; these fields are set by flags of other names.
 FLAG_OF_FIELD = {**RENAMED, "with_checks": "checks"}
 LISTS = {"sweep_eps": float, "sweep_sizes": int, "sweep_steps": int}
-CONFIG_LISTS = {"eps_grid": float, "adaptive_attacks": str}
+CONFIG_LISTS = {"eps_grid": float, "adaptive_attacks": str, "square_eps": float}
 
 
 def _parse_list(name: str, kind):

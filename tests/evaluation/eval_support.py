@@ -8,6 +8,7 @@ too late for assertion rewriting, hence PYTEST_DONT_REWRITE (its asserts stay pl
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfp_advbnn import data, models, training
 from tfp_advbnn.config import EvalConfig
@@ -107,3 +108,31 @@ def assert_png(path):
         content = f.read()
     assert content.startswith(PNG_SIGNATURE)
     assert len(content) > 10_000  # a drawn figure, not an empty canvas
+
+
+LINEAR_SHAPE = (4, 4, 3)
+
+
+def linear_problem(num=64, seed=0, shape=LINEAR_SHAPE):
+    """A linear model ``logits = 100 [0, w . x, -1]`` and images in [0.3, 0.7] (no box clipping).
+
+    The third class, never predicted, is there for the DLR loss, which needs three.
+
+    Returns model_fn, images float32 [N, 4, 4, 3], labels int32 [N] (the clean prediction, so
+    every example is correct when clean) and the clean margins ``|w . x|``.
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=int(np.prod(shape))).astype(np.float32)
+    w /= np.abs(w).sum()  # ||w||_1 = 1: an L-inf perturbation of size d moves w . x by at most d
+    images = rng.uniform(0.3, 0.7, size=(num, *shape)).astype(np.float32)
+    # Centre the scores so the margins spread over [0, ~0.05].
+    bias = float(np.median(images.reshape(num, -1) @ w))
+    scores = images.reshape(num, -1) @ w - bias
+    labels = (scores > 0).astype(np.int32)
+    w_t = tf.constant(w)
+
+    def model_fn(x):
+        score = tf.reshape(x, [tf.shape(x)[0], -1]) @ w_t[:, None] - bias
+        return tf.concat([tf.zeros_like(score), score, tf.zeros_like(score) - 1.0], 1) * 100.0
+
+    return model_fn, images, labels, np.abs(scores)

@@ -113,6 +113,19 @@ class EvalConfig(FlatConfig):
         'Needs pip install -e ".[attacks]".',
     )
     square_queries: int = setting(1000, "Queries of the Square attack per example, >= 1.")
+    square_eps: tuple[float, ...] | None = setting(
+        None,
+        "Comma-separated radii of the Square check, each in --eps_grid (default: the middle "
+        "non-zero eps of the grid, where the gradient-masking checks attack).",
+    )
+    cascade: bool = setting(
+        False,
+        "Attack as AutoAttack does: each attack, and each larger eps, only on the examples still "
+        "robust (an example fooled at a smaller eps is fooled at a larger one). The same "
+        "robust_accuracy for a fraction of the cost; accuracy then equals robust_accuracy (a "
+        "clean-misclassified example is not attacked) and each attack's own figures are "
+        "cumulative. Needs --nochecks.",
+    )
 
     def __post_init__(self):
         validation.choice("protocol", self.protocol, PROTOCOLS)
@@ -153,6 +166,22 @@ class EvalConfig(FlatConfig):
         if self.pgd_step_size is not None:
             validation.unit_interval("pgd_step_size", self.pgd_step_size, open_low=True)
         validation.non_negative("cw_c", self.cw_c)
+        if self.square_eps is not None:
+            radii = validation.unit_values("square_eps", self.square_eps)
+            outside = [e for e in radii if e not in self.eps_grid or e == 0.0]
+            if outside:
+                raise ValueError(
+                    f"square_eps must be non-zero radii of eps_grid {list(self.eps_grid)}, got "
+                    f"{list(radii)}"
+                )
+            if self.square_examples == 0:
+                raise ValueError(
+                    f"square_eps={list(radii)} sets the radii of the Square check, which "
+                    "square_examples=0 turns off; give square_examples > 0"
+                )
+            object.__setattr__(self, "square_eps", radii)
+        if not isinstance(self.cascade, bool):
+            raise ValueError(f"cascade must be True or False, got {self.cascade!r}")
 
     @property
     def attack_names(self) -> tuple[str, ...]:

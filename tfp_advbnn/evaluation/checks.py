@@ -537,16 +537,21 @@ def square_check(
     result: engine.SweepResult,
     *,
     stochastic: bool,
+    radius: float | None = None,
 ) -> dict:
     """The black-box check: Square must not fool more than the sweep's white-box worst case.
 
     Runs ART's Square attack (``tfp_advbnn.evaluation.blackbox``) on the ensemble of
     ``config.num_samples`` draws, on the first ``config.square_examples`` examples at
-    ``diagnosis_eps``, with ``config.square_queries`` queries per example. L-inf only.
+    ``radius`` (a radius of the sweep; None: ``diagnosis_eps``), with ``config.square_queries``
+    queries per example. L-inf only.
 
     Raises ImportError naming the ``attacks`` extra when ART is not installed.
     """
-    radius = diagnosis_eps(result.eps)
+    if radius is None:
+        radius = diagnosis_eps(result.eps)
+    elif radius not in result.eps:
+        raise ValueError(f"radius={radius} is not a radius of the sweep {list(result.eps)}")
     if radius is None or config.norm != "linf":
         why = "the eps grid has no eps > 0" if radius is None else "Square here is L-inf only"
         return {

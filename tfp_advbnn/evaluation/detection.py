@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tfp_advbnn import predict, run_dir
 from tfp_advbnn.config import EvalConfig
-from tfp_advbnn.evaluation import engine
+from tfp_advbnn.evaluation import engine, sweeps
 from tfp_advbnn.evaluation.protocols import AttackSpec
 from tfp_advbnn.evaluation.reports import attack_caption, rates, report_settings
 
@@ -111,6 +111,7 @@ def detect(
         raise ValueError(
             f"detect runs one attack; protocol {config.protocol!r} is not supported (use paper)"
         )
+    sweeps.no_cascade(config, "detect")
     if config.random_restarts:
         raise ValueError(
             f"detect scores one attacked image per example; random_restarts="

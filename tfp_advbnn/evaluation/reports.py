@@ -207,7 +207,9 @@ def sweep_summary(report: dict) -> str:
                 f"{eps:g}: {100 * a:.1f}"
                 for eps, a in zip(report["eps"], attack["robust_accuracy"], strict=True)
             )
-            lines.append(f"  {attack['description']} alone, robust accuracy (%): {cells}")
+            # Under the cascade an attack ran only on what the attacks before it left robust.
+            scope = "and those before it" if report.get("cascade") else "alone"
+            lines.append(f"  {attack['description']} {scope}, robust accuracy (%): {cells}")
     for check in report["checks"]:
         verdict = "pass" if check["passed"] else "FAIL"
         lines.append(f"  check {check['name']}: {verdict}: {check['message']}")

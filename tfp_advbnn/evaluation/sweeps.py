@@ -49,6 +49,8 @@ def run_sweep(
     clean = engine.clean_correct(
         evaluator, images, labels, num_samples=config.num_samples, batch_size=config.batch_size
     )
+    if config.cascade:
+        return _cascade(evaluator, images, labels, config, clean, progress)
     results = []
     correct = robust = distortion = None
     for spec in protocols.attack_plan(config, evaluator.stochastic):
@@ -74,6 +76,61 @@ def run_sweep(
         correct &= outcomes.correct[0]
         robust &= outcomes.robust[0]
     return SweepResult(config.eps_grid, correct, robust, distortion, clean, tuple(results))
+
+
+def _cascade(
+    evaluator: engine.Evaluator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: EvalConfig,
+    clean: np.ndarray,
+    progress: bool,
+) -> SweepResult:
+    """``run_sweep`` as AutoAttack runs it: each attack only on the examples still robust.
+
+    Radii go in increasing order and an example fooled at a smaller eps counts as fooled at
+    every larger one (its adversarial image lies in the larger ball too), so each attack at each
+    eps runs only on the examples that have survived everything before it; clean-misclassified
+    examples are never attacked. ``robust`` is the worst case over the attacks, as without the
+    cascade (up to the draws: an example fooled once stays fooled); ``correct`` equals
+    ``robust``, and each ``AttackResult`` holds the cumulative outcome after that attack.
+    """
+    plan = protocols.attack_plan(config, evaluator.stochastic)
+    eps_values = config.eps_grid  # sorted ascending by EvalConfig
+    alive = clean.copy()
+    robust = np.zeros((len(eps_values), len(images)), bool)
+    distortion = np.zeros((len(eps_values), len(images)), np.float32)
+    after_attack = np.zeros((len(plan), len(eps_values), len(images)), bool)
+    for e, eps in enumerate(eps_values):
+        if e > 0:
+            distortion[e] = distortion[e - 1]
+        for k, spec in enumerate(plan):
+            attacked = np.flatnonzero(alive)
+            # At eps = 0 nothing is crafted: one scoring call stands for every attack.
+            if attacked.size and (eps > 0 or k == 0):
+                outcomes = engine.attack_outcomes(
+                    evaluator,
+                    [engine.Target(evaluator, config.num_samples)],
+                    images[attacked],
+                    labels[attacked],
+                    spec,
+                    [eps],
+                    restarts=config.random_restarts,
+                    batch_size=config.batch_size,
+                    seed=config.seed,
+                    progress=progress,
+                )
+                survived = outcomes.robust[0, 0]
+                # As without the cascade: the first attack's norm, or that of the attack fooling.
+                counted = slice(None) if k == 0 else ~survived
+                distortion[e, attacked[counted]] = outcomes.distortion[0][counted]
+                alive[attacked[~survived]] = False
+            after_attack[k, e] = alive
+        robust[e] = alive
+    results = tuple(
+        engine.AttackResult(spec, after_attack[k], after_attack[k]) for k, spec in enumerate(plan)
+    )
+    return SweepResult(eps_values, robust.copy(), robust, distortion, clean, results)
 
 
 def accuracy_fields(result: SweepResult) -> dict:
@@ -137,6 +194,12 @@ def sweep(
       >>> report = sweep(model_fn, images, labels, EvalConfig(protocol="adaptive"))
       >>> report["robust_accuracy"], report["robust_accuracy_interval"]
     """
+    if config.cascade and with_checks:
+        raise ValueError(
+            "cascade: the gradient-masking checks need each attack's own outcome on every "
+            "example, which the cascade does not compute; run the checks without the cascade, "
+            "or turn them off (with_checks=False, --nochecks)"
+        )
     started = time.time()
     images, labels = engine.prepare(images, labels, config)
     if stochastic is None:
@@ -147,10 +210,20 @@ def sweep(
     if with_checks:
         check_list = checks(model_fn, images, labels, config, result, stochastic=stochastic)
     if config.square_examples > 0:
-        check_list.append(
-            square_check(model_fn, images, labels, config, result, stochastic=stochastic)
-        )
+        for radius in config.square_eps or (protocols.diagnosis_eps(result.eps),):
+            check_list.append(
+                square_check(
+                    model_fn, images, labels, config, result, stochastic=stochastic, radius=radius
+                )
+            )
     ran = [attack.spec.settings() for attack in result.attacks]
+    notes = reports.plan_notes(ran, bool(stochastic))
+    if config.cascade:
+        notes.append(
+            "cascade: each attack and each larger eps ran only on the examples still robust, "
+            "clean-misclassified ones never; accuracy equals robust_accuracy and each attack's "
+            "figures are cumulative (robust after it and every attack before it)"
+        )
     return {
         "mode": "sweep",
         "label": label,
@@ -162,7 +235,8 @@ def sweep(
         "mean_distortion": result.mean_distortion,
         "attacks": [attack_fields(attack) for attack in result.attacks],
         "checks": check_list,
-        "notes": reports.plan_notes(ran, bool(stochastic)),
+        "notes": notes,
+        "cascade": config.cascade,
         "stochastic": bool(stochastic),
         "seconds": {"sweep": sweep_seconds, "total": time.time() - started},
     }
@@ -172,6 +246,16 @@ def _single_attack(config: EvalConfig, mode: str) -> None:
     if config.protocol != "paper":
         raise ValueError(
             f"protocol: mode={mode} runs one attack (protocol=paper); protocol={config.protocol} "
+            "applies to mode=sweep and mode=compare"
+        )
+    no_cascade(config, mode)
+
+
+def no_cascade(config: EvalConfig, mode: str) -> None:
+    """ValueError naming ``cascade`` when it is set for a mode that attacks every example."""
+    if config.cascade:
+        raise ValueError(
+            f"cascade: mode={mode} scores every example under every setting; the cascade "
             "applies to mode=sweep and mode=compare"
         )
 

@@ -15,7 +15,7 @@ from tfp_advbnn.config import EvalConfig
 from tfp_advbnn.evaluation import engine
 from tfp_advbnn.evaluation.protocols import AttackSpec, diagnosis_eps
 from tfp_advbnn.evaluation.reports import attack_caption, markdown_table, rates, report_settings
-from tfp_advbnn.evaluation.sweeps import sweep
+from tfp_advbnn.evaluation.sweeps import no_cascade, sweep
 
 AFFINITY_DEFINITION = (
     "rho[s][t] = (clean_t - acc[s][t]) / (clean_t - acc[t][t]): the accuracy that target t "
@@ -136,6 +136,7 @@ def transfer(
             f"protocol: mode=transfer crafts with one attack (protocol=paper), got "
             f"protocol={config.protocol}"
         )
+    no_cascade(config, "transfer")
     names = _model_names(model_fns, 2)
     images, labels = engine.prepare(images, labels, config)
     if eps_values is None:
