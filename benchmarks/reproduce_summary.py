@@ -27,6 +27,7 @@ PUBLISHED_ROWS = {
     "re-evaluation (averaged gradient): Adv-BNN": (79.7, 64.2, 37.7, 16.3, 8.1),
 }
 EIGHT_OVER_255 = 8 / 255
+TEST_IMAGES = 1017  # the subset's test split, on which trainers.main scores every epoch
 SEED_PAIRS = {"Adv. training": ("adv", "adv_seed1"), "Adv-BNN": ("adv_bnn", "adv_bnn_seed1")}
 Z95 = 1.959963984540054
 
@@ -53,6 +54,13 @@ def _at(report: dict, key: str, eps: float):
         if math.isclose(e, eps, abs_tol=1e-9):
             return report[key][i]
     return None
+
+
+def _wilson(p: float, n: int) -> list[float]:
+    """The 95 % Wilson interval of a proportion ``p`` of ``n`` (as the reports compute it)."""
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
+    return [max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))]
 
 
 def _standard_error(p: float, n: int) -> float:
@@ -134,7 +142,14 @@ def _model_row(name, spec, reports_dir, work_dir, timings) -> dict:
     if detect:
         row["detect"] = {
             key: detect[key]
-            for key in ("num_examples", "eps", "auc", "adversarial_accuracy", "clean_accuracy")
+            for key in (
+                "num_examples",
+                "eps",
+                "auc",
+                "adversarial_accuracy",
+                "adversarial_accuracy_interval",
+                "clean_accuracy",
+            )
         }
     return row
 
@@ -230,6 +245,14 @@ def _square_cell(squares: dict, eps: float) -> str:
     )
 
 
+def _test_accuracy(metrics: dict) -> str:
+    """The last epoch's test accuracy (all 1,017 test images) in percent, with its interval."""
+    if "test_accuracy" not in metrics:
+        return "-"
+    p = metrics["test_accuracy"]
+    return _percent(p, _wilson(p, TEST_IMAGES))
+
+
 def _number(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f}" if key in metrics else "-"
 
@@ -267,7 +290,7 @@ def _adaptive_markdown(rows: dict) -> str:
 
 def _training_markdown(rows: dict) -> str:
     lines = [
-        "| model | flags beyond the defaults | train s | test accuracy (last epoch) | "
+        "| model | flags beyond the defaults | train s | test accuracy (last epoch, 1,017) | "
         "CE term | KL term |",
         "|---|---|---:|---:|---:|---:|",
     ]
@@ -277,7 +300,7 @@ def _training_markdown(rows: dict) -> str:
 
         lines.append(
             f"| {row['label']} | {' '.join(row['extra_flags']) or '-'} (seed {row['seed']}) | "
-            f"{seconds:.0f} | {_number(m, 'test_accuracy')} | "
+            f"{seconds:.0f} | {_test_accuracy(m)} | "
             f"{_number(m, 'train_cross_entropy')} | {_number(m, 'train_kl_term')} |"
             if seconds is not None
             else f"| {row['label']} | not trained | - | - | - | - |"
@@ -309,8 +332,9 @@ def _detect_markdown(rows: dict) -> str:
         if not d:
             continue
         for i, eps in enumerate(d["eps"]):
+            accuracy = _percent(d["adversarial_accuracy"][i], d["adversarial_accuracy_interval"][i])
             lines.append(
-                f"| {row['label']} | {eps:.4f} | {100 * d['adversarial_accuracy'][i]:.1f} | "
+                f"| {row['label']} | {eps:.4f} | {accuracy} | "
                 f"{d['auc']['entropy'][i]:.3f} | {d['auc']['mutual_information'][i]:.3f} |"
             )
     return "\n".join(lines) + "\n"
