@@ -119,6 +119,13 @@ def test_bad_square_radii_and_cascade_values_are_refused(values, message):
         adaptive(**{"square_examples": 4, **values})
 
 
+def test_a_square_radius_typed_to_four_digits_names_the_grid_radius():
+    config = adaptive(eps_grid=(0.0, 0.035, 8 / 255), square_examples=4, square_eps=(0.0314,))
+    assert config.square_eps == (8 / 255,)
+    with pytest.raises(ValueError, match="square_eps must be non-zero radii"):
+        adaptive(eps_grid=(0.0, 0.035, 8 / 255), square_examples=4, square_eps=(0.0312,))
+
+
 def test_the_square_check_runs_at_each_of_its_radii():
     pytest.importorskip("art")
     # Square's first square must be smaller than the image: 8 x 8 pixels, not the usual 4 x 4.

@@ -40,6 +40,8 @@ PROTOCOL_DEFAULTS = {
 # AutoAttack-rand's EOT draws; also the default of APGD on a stochastic model under ``paper``,
 # whose step-size rule compares losses that single draws make noise.
 ADAPTIVE_EOT_SAMPLES = 20
+# How far a --square_eps value may lie from the grid radius it names (grids are 0.002 apart).
+SQUARE_EPS_TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +117,9 @@ class EvalConfig(FlatConfig):
     square_queries: int = setting(1000, "Queries of the Square attack per example, >= 1.")
     square_eps: tuple[float, ...] | None = setting(
         None,
-        "Comma-separated radii of the Square check, each in --eps_grid (default: the middle "
-        "non-zero eps of the grid, where the gradient-masking checks attack).",
+        "Comma-separated radii of the Square check, each a non-zero radius of --eps_grid to 1e-4 "
+        "(0.0314 names 8/255; default: the middle non-zero eps of the grid, where the "
+        "gradient-masking checks attack).",
     )
     cascade: bool = setting(
         False,
@@ -167,7 +170,11 @@ class EvalConfig(FlatConfig):
             validation.unit_interval("pgd_step_size", self.pgd_step_size, open_low=True)
         validation.non_negative("cw_c", self.cw_c)
         if self.square_eps is not None:
-            radii = validation.unit_values("square_eps", self.square_eps)
+            # A radius typed to 4 digits (0.0314 for 8/255) names the grid's radius it rounds.
+            radii = tuple(
+                next((g for g in self.eps_grid if abs(g - e) <= SQUARE_EPS_TOLERANCE), e)
+                for e in validation.unit_values("square_eps", self.square_eps)
+            )
             outside = [e for e in radii if e not in self.eps_grid or e == 0.0]
             if outside:
                 raise ValueError(
